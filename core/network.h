@@ -1,0 +1,38 @@
+// The network interface every architecture implements (MLP, ADM UNet, NCSN++), and the model factory.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <torch/nn/module.h>
+
+namespace cm {
+
+class ConfigReader;
+
+// F(x, noise_labels[, class_labels]) -> tensor shaped like x. The network is the raw function: the
+// consistency / EDM preconditioning (c_skip, c_out, c_in, c_noise) lives in core/parameterization.h.
+// class_labels is an undefined tensor for unconditional models.
+struct NetworkImpl : torch::nn::Module {
+  virtual torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& noise_labels,
+                                const torch::Tensor& class_labels) = 0;
+  ~NetworkImpl() override = default;
+};
+using NetworkPtr = std::shared_ptr<NetworkImpl>;
+
+// How an architecture is built from the `model` config section. The table of architectures is in
+// core/networks.cpp (explicit, so static linking cannot drop one); a builder validates and consumes
+// the keys it reads.
+struct ModelShape {
+  int64_t channels = 3;     // data channels (2 for 2-D toys, seen as [B, 2])
+  int64_t resolution = 0;   // image side, 0 for vector data
+  int64_t num_classes = 0;  // 0 = unconditional
+};
+using NetworkBuilder = std::function<NetworkPtr(ConfigReader& model_cfg, const ModelShape& shape)>;
+
+std::vector<std::string> registered_networks();
+// Reads `arch` from model_cfg and builds that architecture; unknown arch names the registered ones.
+NetworkPtr make_network(ConfigReader& model_cfg, const ModelShape& shape);
+
+int64_t count_parameters(torch::nn::Module& m);
+
+}  // namespace cm

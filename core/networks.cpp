@@ -1,0 +1,41 @@
+// The table of network architectures and the model factory (see network.h).
+#include "core/network.h"
+
+#include <fmt/format.h>
+#include "core/config.h"
+#include "core/nets/mlp.h"
+
+namespace cm {
+
+// Explicit table rather than static self-registration: a static library would drop unreferenced
+// registration objects. Add a line here when adding an architecture.
+static const std::vector<std::pair<std::string, NetworkBuilder>>& table() {
+  static const std::vector<std::pair<std::string, NetworkBuilder>> t = {
+      {"mlp", build_mlp},
+  };
+  return t;
+}
+
+std::vector<std::string> registered_networks() {
+  std::vector<std::string> names;
+  for (auto& [n, b] : table()) names.push_back(n);
+  return names;
+}
+
+NetworkPtr make_network(ConfigReader& cfg, const ModelShape& shape) {
+  std::string arch = cfg.require_string("arch");
+  for (auto& [n, b] : table())
+    if (n == arch) return b(cfg, shape);
+  std::string near = nearest(arch, registered_networks());
+  throw ConfigError(fmt::format("'{}' = \"{}\" is not a known architecture{}; known: {}", cfg.key_path("arch"), arch,
+                                near.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", near),
+                                fmt::join(registered_networks(), ", ")));
+}
+
+int64_t count_parameters(torch::nn::Module& m) {
+  int64_t n = 0;
+  for (auto& p : m.parameters()) n += p.numel();
+  return n;
+}
+
+}  // namespace cm
