@@ -1,0 +1,305 @@
+// Safetensors reader/writer (see safetensors.h). The JSON header is small and regular, so it is parsed
+// here by hand rather than pulling in a JSON library.
+#include "core/safetensors.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <torch/torch.h>
+
+namespace cm {
+
+const torch::Tensor* TensorFile::find(const std::string& name) const {
+  for (auto& [n, t] : tensors)
+    if (n == name) return &t;
+  return nullptr;
+}
+
+namespace {
+
+struct DtypeName {
+  const char* name;
+  torch::ScalarType type;
+};
+const DtypeName kDtypes[] = {
+    {"F64", torch::kFloat64}, {"F32", torch::kFloat32}, {"F16", torch::kFloat16}, {"BF16", torch::kBFloat16},
+    {"I64", torch::kInt64},   {"I32", torch::kInt32},   {"I16", torch::kInt16},   {"I8", torch::kInt8},
+    {"U8", torch::kUInt8},    {"BOOL", torch::kBool},
+};
+
+const char* dtype_name(torch::ScalarType t) {
+  for (auto& d : kDtypes)
+    if (d.type == t) return d.name;
+  throw std::runtime_error(fmt::format("safetensors: unsupported dtype {}", c10::toString(t)));
+}
+
+std::string json_escape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    if (c == '"' || c == '\\') o += '\\', o += c;
+    else if (static_cast<unsigned char>(c) < 0x20) o += fmt::format("\\u{:04x}", static_cast<int>(c));
+    else o += c;
+  }
+  return o;
+}
+
+// Minimal JSON reader for the header: objects, arrays, strings, integers.
+struct Json {
+  enum Kind { Obj, Arr, Str, Num } kind = Num;
+  std::vector<std::pair<std::string, Json>> obj;
+  std::vector<Json> arr;
+  std::string str;
+  int64_t num = 0;
+};
+
+class JsonParser {
+ public:
+  JsonParser(const std::string& s, const std::string& origin) : s_(s), origin_(origin) {}
+  Json parse() {
+    Json j = value();
+    ws();
+    if (i_ != s_.size()) fail("trailing characters after the header object");
+    return j;
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) {
+    throw std::runtime_error(fmt::format("{}: bad safetensors header at byte {}: {}", origin_, i_, what));
+  }
+  void ws() {
+    while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_;
+  }
+  char peek() {
+    ws();
+    if (i_ >= s_.size()) fail("unexpected end");
+    return s_[i_];
+  }
+  void expect(char c) {
+    if (peek() != c) fail(fmt::format("expected '{}'", c));
+    ++i_;
+  }
+  std::string string() {
+    expect('"');
+    std::string out;
+    while (true) {
+      if (i_ >= s_.size()) fail("unterminated string");
+      char c = s_[i_++];
+      if (c == '"') break;
+      if (c == '\\') {
+        if (i_ >= s_.size()) fail("bad escape");
+        char e = s_[i_++];
+        switch (e) {
+          case 'n': out += '\n'; break;
+          case 't': out += '\t'; break;
+          case 'r': out += '\r'; break;
+          case 'b': out += '\b'; break;
+          case 'f': out += '\f'; break;
+          case 'u': {
+            if (i_ + 4 > s_.size()) fail("bad \\u escape");
+            unsigned cp = std::stoul(s_.substr(i_, 4), nullptr, 16);
+            i_ += 4;
+            if (cp < 0x80) out += static_cast<char>(cp);
+            else if (cp < 0x800) out += static_cast<char>(0xC0 | (cp >> 6)), out += static_cast<char>(0x80 | (cp & 0x3F));
+            else
+              out += static_cast<char>(0xE0 | (cp >> 12)), out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F)),
+                  out += static_cast<char>(0x80 | (cp & 0x3F));
+            break;
+          }
+          default: out += e;
+        }
+      } else {
+        out += c;
+      }
+    }
+    return out;
+  }
+  Json value() {
+    char c = peek();
+    Json j;
+    if (c == '{') {
+      j.kind = Json::Obj;
+      ++i_;
+      if (peek() == '}') return ++i_, j;
+      while (true) {
+        std::string k = string();
+        expect(':');
+        j.obj.emplace_back(k, value());
+        if (peek() == ',') { ++i_; continue; }
+        expect('}');
+        return j;
+      }
+    }
+    if (c == '[') {
+      j.kind = Json::Arr;
+      ++i_;
+      if (peek() == ']') return ++i_, j;
+      while (true) {
+        j.arr.push_back(value());
+        if (peek() == ',') { ++i_; continue; }
+        expect(']');
+        return j;
+      }
+    }
+    if (c == '"') {
+      j.kind = Json::Str;
+      j.str = string();
+      return j;
+    }
+    if (c == '-' || std::isdigit(static_cast<unsigned char>(c))) {
+      size_t start = i_;
+      if (s_[i_] == '-') ++i_;
+      while (i_ < s_.size() && std::isdigit(static_cast<unsigned char>(s_[i_]))) ++i_;
+      j.kind = Json::Num;
+      j.num = std::stoll(s_.substr(start, i_ - start));
+      return j;
+    }
+    fail(fmt::format("unexpected character '{}'", c));
+  }
+  const std::string& s_;
+  std::string origin_;
+  size_t i_ = 0;
+};
+
+}  // namespace
+
+std::string safetensors_bytes(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
+  std::vector<torch::Tensor> cpu;
+  std::string header = "{";
+  if (!metadata.empty()) {
+    header += "\"__metadata__\":{";
+    bool first = true;
+    for (auto& [k, v] : metadata) {
+      header += fmt::format("{}\"{}\":\"{}\"", first ? "" : ",", json_escape(k), json_escape(v));
+      first = false;
+    }
+    header += "}";
+  }
+  size_t offset = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    auto& [name, t] = tensors[i];
+    if (!t.defined()) throw std::runtime_error(fmt::format("safetensors: tensor '{}' is undefined", name));
+    auto c = t.detach().to(torch::kCPU).contiguous();
+    cpu.push_back(c);
+    const size_t nbytes = c.numel() * c.element_size();
+    std::vector<std::string> dims;
+    for (auto d : c.sizes()) dims.push_back(std::to_string(d));
+    header += fmt::format("{}\"{}\":{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
+                          (i == 0 && metadata.empty()) ? "" : ",", json_escape(name), dtype_name(c.scalar_type()),
+                          fmt::join(dims, ","), offset, offset + nbytes);
+    offset += nbytes;
+  }
+  header += "}";
+  while (header.size() % 8) header += ' ';  // align the data section to 8 bytes, as the reference writer does
+  std::string out;
+  out.reserve(8 + header.size() + offset);
+  uint64_t n = header.size();
+  for (int b = 0; b < 8; ++b) out += static_cast<char>((n >> (8 * b)) & 0xFF);
+  out += header;
+  for (auto& c : cpu) out.append(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+  return out;
+}
+
+TensorFile parse_safetensors(const std::string& bytes, const std::string& origin) {
+  if (bytes.size() < 8) throw std::runtime_error(fmt::format("{}: not a safetensors file (shorter than 8 bytes)", origin));
+  uint64_t n = 0;
+  for (int b = 0; b < 8; ++b) n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[b])) << (8 * b);
+  if (n > bytes.size() - 8 || n > (100ull << 20))
+    throw std::runtime_error(fmt::format("{}: safetensors header size {} exceeds the file ({} bytes): truncated or not "
+                                         "a safetensors file", origin, n, bytes.size()));
+  std::string header = bytes.substr(8, n);
+  Json root = JsonParser(header, origin).parse();
+  if (root.kind != Json::Obj) throw std::runtime_error(fmt::format("{}: safetensors header is not an object", origin));
+  const size_t data_start = 8 + n, data_size = bytes.size() - data_start;
+  TensorFile f;
+  for (auto& [name, e] : root.obj) {
+    if (name == "__metadata__") {
+      for (auto& [k, v] : e.obj) f.metadata[k] = v.str;
+      continue;
+    }
+    std::string dtype;
+    std::vector<int64_t> shape;
+    int64_t begin = -1, end = -1;
+    for (auto& [k, v] : e.obj) {
+      if (k == "dtype") dtype = v.str;
+      else if (k == "shape") for (auto& d : v.arr) shape.push_back(d.num);
+      else if (k == "data_offsets" && v.arr.size() == 2) begin = v.arr[0].num, end = v.arr[1].num;
+    }
+    auto it = std::find_if(std::begin(kDtypes), std::end(kDtypes), [&](auto& d) { return dtype == d.name; });
+    if (it == std::end(kDtypes)) throw std::runtime_error(fmt::format("{}: tensor '{}' has unsupported dtype '{}'", origin, name, dtype));
+    int64_t numel = 1;
+    for (auto d : shape) {
+      if (d < 0) throw std::runtime_error(fmt::format("{}: tensor '{}' has a negative dimension", origin, name));
+      numel *= d;
+    }
+    const int64_t expect = numel * static_cast<int64_t>(c10::elementSize(it->type));
+    if (begin < 0 || end < begin || end - begin != expect || static_cast<size_t>(end) > data_size)
+      throw std::runtime_error(fmt::format("{}: tensor '{}' has data offsets [{}, {}] that do not fit its shape ({} bytes) "
+                                           "or the file's data section ({} bytes): the file is truncated or corrupt",
+                                           origin, name, begin, end, expect, data_size));
+    auto t = torch::empty(shape, torch::TensorOptions().dtype(it->type));
+    if (expect) std::memcpy(t.data_ptr(), bytes.data() + data_start + begin, expect);
+    f.tensors.emplace_back(name, t);
+  }
+  return f;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) throw std::runtime_error(fmt::format("error reading '{}'", path));
+  return ss.str();
+}
+
+void fsync_directory(const std::string& dir) {
+  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  const std::string tmp = fmt::format("{}.tmp-{}", path, ::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw std::runtime_error(fmt::format("cannot create '{}': {}", tmp, std::strerror(errno)));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      throw std::runtime_error(fmt::format("writing '{}' failed: {}{}", tmp, std::strerror(err),
+                                           err == ENOSPC ? " (the disk is full: free space and run again)" : ""));
+    }
+    done += static_cast<size_t>(w);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    throw std::runtime_error(fmt::format("flushing '{}' failed: {}", tmp, std::strerror(err)));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    throw std::runtime_error(fmt::format("renaming '{}' to '{}' failed: {}", tmp, path, std::strerror(err)));
+  }
+  fsync_directory(std::filesystem::path(path).parent_path().string());
+}
+
+void save_safetensors(const std::string& path, const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
+  write_file_atomic(path, safetensors_bytes(tensors, metadata));
+}
+
+TensorFile load_safetensors(const std::string& path) { return parse_safetensors(read_file(path), path); }
+
+}  // namespace cm
