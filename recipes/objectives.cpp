@@ -218,7 +218,8 @@ class ConsistencyObjective : public Objective {
 
 std::unique_ptr<Objective> make_objective(const Recipe& r, const ObjectiveDeps& deps) {
   auto p = preconditioning(r);
-  auto student = build_network(r, deps.shape);
+  auto make_net = deps.network_factory ? deps.network_factory : [&] { return build_network(r, deps.shape); };
+  auto student = make_net();
   if (!r.method.is_consistency()) return std::make_unique<EdmObjective>(r, student, p);
 
   DenoiserFn teacher;
@@ -229,7 +230,7 @@ std::unique_ptr<Objective> make_objective(const Recipe& r, const ObjectiveDeps& 
         throw ConfigError("method.teacher = \"exact\" needs a dataset with a closed-form denoiser (the toy mixtures)");
       teacher = deps.exact_denoiser;
     } else {
-      tnet = build_network(r, deps.shape);
+      tnet = make_net();
       load_network_weights(*tnet, r.method.teacher);
       tnet->eval();
       for (auto& q : tnet->parameters()) q.requires_grad_(false);
@@ -241,7 +242,7 @@ std::unique_ptr<Objective> make_objective(const Recipe& r, const ObjectiveDeps& 
   const bool needs_target = r.method.schedule == "ct" || (r.method.schedule == "fixed" && r.method.mu > 0);
   NetworkPtr target;
   if (needs_target) {
-    target = build_network(r, deps.shape);
+    target = make_net();
     for (auto& q : target->parameters()) q.requires_grad_(false);
     target->train();  // dropout active, with the student's masks (see loss)
   }

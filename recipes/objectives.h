@@ -52,6 +52,9 @@ class Objective {
 struct ObjectiveDeps {
   ModelShape shape;
   DenoiserFn exact_denoiser;  // may be empty
+  // Builds a network of the recipe's architecture; empty = build_network(recipe, shape). Lets a caller
+  // supply its own network (tests use a probe that records dropout masks).
+  std::function<NetworkPtr()> network_factory;
 };
 
 std::unique_ptr<Objective> make_objective(const Recipe& r, const ObjectiveDeps& deps);
