@@ -35,6 +35,7 @@ static TrainConfig bind_train(ConfigReader t) {
   c.threads = t.get_int("threads", 0);
   c.log_every = t.get_int("log_every", c.log_every);
   c.sample_every = t.get_int("sample_every", c.sample_every);
+  c.check_every = t.get_int("check_every", c.check_every);
   t.finish();
   if (c.steps <= 0) throw ConfigError("'train.steps' must be positive");
   if (c.batch <= 0) throw ConfigError("'train.batch' must be positive");
@@ -127,6 +128,12 @@ Recipe Recipe::bind(const Config& cfg, const std::string& name) {
       r.toy_name = d.get_choice("name", "ring", toy_names());
       d.finish();
     }
+  }
+  {
+    ConfigReader d = root.sub("debug");
+    r.debug.fail_rank = d.get_int("fail_rank", -1);
+    r.debug.fail_step = d.get_int("fail_step", -1);
+    d.finish();
   }
   root.sub("model");  // checked by build_network
   root.allow({"groups"});

@@ -26,6 +26,12 @@ struct TrainConfig {
   int64_t threads = 0;          // intra-op threads per rank, 0 = cores / local ranks
   int64_t log_every = 100;
   int64_t sample_every = 0;     // steps between sample pictures, 0 = only at the end
+  int64_t check_every = 0;      // steps between cross-rank identity checks of the weights, 0 = at the end only
+};
+
+// Fault injection for tests of failure handling (absent from recipes; set with +debug.fail_rank=1 ...).
+struct DebugConfig {
+  int64_t fail_rank = -1, fail_step = -1;
 };
 
 struct MethodConfig {
@@ -69,6 +75,7 @@ struct Recipe {
   MethodConfig method;
   SampleConfig sample;
   RunConfig run;
+  DebugConfig debug;
   std::string dataset_kind;  // toy | hdf5
   std::string toy_name;
 

@@ -13,6 +13,8 @@
 #include "core/ode.h"
 #include "core/rng.h"
 #include "datasets/toy2d.h"
+#include "distributed/communicator.h"
+#include "distributed/reducer.h"
 
 #ifndef CM_SOURCE_REVISION
 #define CM_SOURCE_REVISION "unknown"
@@ -66,6 +68,8 @@ torch::Tensor sample_model(const Recipe& r, NetworkImpl& net, const Precondition
   return out;
 }
 
+Trainer::~Trainer() = default;
+
 Trainer::Trainer(Recipe recipe, TrainerOptions opt) : recipe_(std::move(recipe)), opt_(opt) {
   const auto& tc = recipe_.train;
   device_ = pick_device(tc.device, opt_.local_rank);
@@ -86,6 +90,14 @@ Trainer::Trainer(Recipe recipe, TrainerOptions opt) : recipe_(std::move(recipe))
   objective_ = make_objective(recipe_, deps);
   objective_->to(device_);
   objective_->student()->train();
+  if (opt_.world > 1) {
+    if (!opt_.comm) throw std::logic_error("Trainer: world > 1 needs a communicator");
+    std::vector<std::string> names;
+    for (auto& p : objective_->student()->named_parameters()) names.push_back(p.key());
+    reducer_ = std::make_unique<GradReducer>(*opt_.comm, objective_->student()->parameters());
+    reducer_->sync_parameters(names);
+    objective_->after_step(-1);  // no-op for EMA targets built as copies; keeps theta- = theta at start
+  }
   optimizer_ = std::make_unique<Optimizer>(objective_->student()->parameters(), tc.optimizer);
   emas_ = std::make_unique<SamplingEmas>(tc.ema_rates, objective_->student()->parameters());
 }
@@ -126,6 +138,11 @@ double Trainer::train_step(int64_t step) {
     loss.backward();
     loss_sum += loss.item<double>();
   }
+  // Gradients are averaged once per optimizer step, after the last micro-batch: accumulation over
+  // micro-batches never communicates.
+  if (reducer_) reducer_->all_reduce_gradients();
+  if (recipe_.debug.fail_rank == opt_.rank && recipe_.debug.fail_step == step)
+    throw std::runtime_error(fmt::format("injected failure at step {} (debug.fail_rank = {})", step, opt_.rank));
   optimizer_->step();
   objective_->after_step(step);
   emas_->update(objective_->student()->parameters());
@@ -252,6 +269,28 @@ void Trainer::save_weights() {
   }
 }
 
+// The student, the target and every sampling EMA must be bit-identical on all ranks: each rank updates
+// them locally from identical averaged gradients. A fingerprint per rank proves it cheaply.
+void Trainer::check_ranks_identical(int64_t step) {
+  if (opt_.world <= 1) return;
+  std::vector<torch::Tensor> all = objective_->student()->parameters();
+  for (auto& [n, t] : objective_->state()) all.push_back(t);
+  for (size_t i = 0; i < emas_->rates().size(); ++i)
+    for (auto& t : emas_->weights(i)) all.push_back(t);
+  const uint64_t h = tensor_hash(all);
+  auto hashes = opt_.comm->all_gather_u64(h);
+  std::vector<std::string> differ;
+  for (size_t r = 0; r < hashes.size(); ++r)
+    if (hashes[r] != hashes[0]) differ.push_back(std::to_string(r));
+  if (!differ.empty())
+    throw std::runtime_error(fmt::format("at step {}: student/target/EMA weights of rank(s) {} differ from rank 0 "
+                                         "(fingerprints {:016x} vs {:016x}): the ranks have diverged",
+                                         step, fmt::join(differ, ", "), hashes[std::stoul(differ[0])], hashes[0]));
+  if (is_main() && !opt_.quiet)
+    fmt::print("cross-rank check at step {}: student, target and EMAs identical on all {} ranks (fingerprint {:016x})\n", step,
+               opt_.world, h);
+}
+
 TrainResult Trainer::run() {
   const auto& tc = recipe_.train;
   setup_run_dir();
@@ -268,8 +307,10 @@ TrainResult Trainer::run() {
     if (!std::isfinite(last_loss_))
       throw std::runtime_error(fmt::format("loss is {} at step {}: training diverged (try a smaller train.lr)", last_loss_, step + 1));
     log_progress(step, last_loss_);
+    if (tc.check_every > 0 && (step + 1) % tc.check_every == 0 && step + 1 < tc.steps) check_ranks_identical(step + 1);
     if (tc.sample_every > 0 && (step + 1) % tc.sample_every == 0 && step + 1 < tc.steps) write_samples(step + 1, false);
   }
+  check_ranks_identical(tc.steps);
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
   TrainResult res;
   res.steps = tc.steps;

@@ -16,9 +16,13 @@
 
 namespace cm {
 
+class Communicator;
+class GradReducer;
+
 struct TrainerOptions {
   int64_t rank = 0, world = 1, local_rank = 0, local_size = 1;
-  bool quiet = false;  // no progress lines (tests)
+  bool quiet = false;              // no progress lines (tests)
+  Communicator* comm = nullptr;    // required when world > 1
 };
 
 // Figures of a finished run, also written to RUN_DIR/final.json.
@@ -33,6 +37,7 @@ struct TrainResult {
 class Trainer {
  public:
   Trainer(Recipe recipe, TrainerOptions opt = {});
+  ~Trainer();
   TrainResult run();
   // Toy data: sliced Wasserstein distances of 1-step / 2-step (or EDM Heun) samples of the sampling
   // weights to fresh data, and the same distance between two data sets (the floor). Empty for images.
@@ -53,6 +58,7 @@ class Trainer {
   void write_samples(int64_t step, bool final);
   void save_weights();
   bool is_main() const { return opt_.rank == 0; }
+  void check_ranks_identical(int64_t step);
 
   Recipe recipe_;
   TrainerOptions opt_;
@@ -61,6 +67,7 @@ class Trainer {
   std::unique_ptr<Objective> objective_;
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<SamplingEmas> emas_;
+  std::unique_ptr<GradReducer> reducer_;
   DenoiserFn exact_denoiser_;
   std::ofstream metrics_;
   std::chrono::steady_clock::time_point t0_, t_last_;
