@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fmt/format.h>
 #include "core/network.h"
+#include "datasets/loader.h"
 #include "datasets/toy2d.h"
 
 namespace cm {
@@ -127,6 +128,12 @@ Recipe Recipe::bind(const Config& cfg, const std::string& name) {
     if (r.dataset_kind == "toy") {
       r.toy_name = d.get_choice("name", "ring", toy_names());
       d.finish();
+    } else {
+      r.data_path = d.require_string("path");
+      r.random_flip = d.get_bool("random_flip", false);
+      r.class_cond = d.get_bool("class_cond", false);
+      d.allow({"resolution", "channels", "num_classes", "name"});  // descriptive; the manifest is authoritative
+      d.finish();
     }
   }
   {
@@ -163,7 +170,13 @@ NetworkPtr build_network(const Recipe& r, const ModelShape& shape) {
 std::unique_ptr<DataSource> build_data(const Recipe& r, int64_t rank, int64_t world) {
   if (r.dataset_kind == "toy")
     return std::make_unique<ToySource>(make_toy_mixture(r.toy_name), r.toy_name, r.train.batch, rank, world, r.train.seed);
-  throw ConfigError(fmt::format("dataset kind '{}' is not available in this build yet", r.dataset_kind));
+  LoaderOptions o;
+  o.dir = r.data_path;
+  o.global_batch = r.train.batch;
+  o.rank = rank, o.world = world;
+  o.seed = r.train.seed;
+  o.random_flip = r.random_flip;
+  return std::make_unique<ShardedLoader>(o);
 }
 
 }  // namespace cm

@@ -78,6 +78,9 @@ struct Recipe {
   DebugConfig debug;
   std::string dataset_kind;  // toy | hdf5
   std::string toy_name;
+  std::string data_path;     // hdf5: the converted dataset directory
+  bool random_flip = false;  // hdf5: horizontal flips
+  bool class_cond = false;   // hdf5: pass labels to the network (when the data is labelled)
 
   // Compose + bind. Model and dataset keys are checked when the network / data source is built
   // (build_network / build_data), which `cm train` does before the first step.
