@@ -115,8 +115,9 @@ TEST(Cli, ConfigAndScheduleCommands) {
   EXPECT_NE(out.find("lr = 0.25"), std::string::npos) << out;
   EXPECT_EQ(test::run_command(test::cm_binary() + " config toy_ct train.lrr=0.25", &out), 2);
   EXPECT_NE(out.find("did you mean 'train.lr'"), std::string::npos) << out;
-  // The CT schedule at k = 0, K/2, K with the recipe's s0 = 10, s1 = 150, mu0 = 0.95, K = 3000.
-  ASSERT_EQ(test::run_command(test::cm_binary() + " schedule toy_ct --steps 0,1500,3000 --json", &out), 0) << out;
+  // The CT schedule at k = 0, K/2, K with s0 = 10, s1 = 150, mu0 = 0.95, K = 3000.
+  ASSERT_EQ(test::run_command(test::cm_binary() + " schedule toy_ct method.s0=10 method.s1=150 method.mu0=0.95 train.steps=3000 "
+                                                   "--steps 0,1500,3000 --json", &out), 0) << out;
   EXPECT_NE(out.find("{\"step\": 0, \"N\": 10, \"mu\": 0.944601"), std::string::npos) << out;     // s = 9: 0.95^(10/9)
   EXPECT_NE(out.find("{\"step\": 1500, \"N\": 108, \"mu\": 0.995217"), std::string::npos) << out;  // sqrt(0.5(151^2-100)+100) = 107.2
   EXPECT_NE(out.find("{\"step\": 3000, \"N\": 151, \"mu\": 0.996586"), std::string::npos) << out;  // 0.95^(10/150)
