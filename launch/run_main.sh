@@ -3,5 +3,5 @@
 # metrics and a picture of the samples. Extra arguments are passed to `cm train` as overrides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash launch/setup.sh
+CM_BUILD_TARGET=cm bash launch/setup.sh
 ./build/cm train toy_ct run.dir=runs/main "$@"

@@ -31,5 +31,6 @@ fi
 BUILD_DIR="${CM_BUILD_DIR:-build}"
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
 # Two jobs per core at most: LibTorch translation units take ~1 GB of memory each.
-cmake --build "$BUILD_DIR" -j "$(nproc)"
-echo "setup: built $BUILD_DIR/cm"
+# CM_BUILD_TARGET=cm builds only the program (the main job); the default builds everything, tests included.
+cmake --build "$BUILD_DIR" -j "$(nproc)" ${CM_BUILD_TARGET:+--target "$CM_BUILD_TARGET"}
+echo "setup: built $BUILD_DIR (${CM_BUILD_TARGET:-all targets})"
