@@ -31,17 +31,7 @@ int run(const std::vector<std::string>& argv) {
   auto weights = args.opt("weights");
   if (!weights) throw std::invalid_argument("--weights FILE is required (a model.safetensors or ema_<rate>.safetensors)");
   Recipe r = Recipe::load(plain[0], args.overrides());
-  if (auto ts = args.opt("ts")) {
-    r.sample.ts.clear();
-    std::string cur;
-    for (char c : *ts + ",")
-      if (c == ',') {
-        if (!cur.empty()) r.sample.ts.push_back(std::stoll(cur));
-        cur.clear();
-      } else {
-        cur += c;
-      }
-  }
+  r.sample.ts = args.int_list_or("ts", r.sample.ts);
   r.sample.grid = args.int_or("grid", r.sample.grid);
   const int64_t count = args.int_or("count", r.sample.count);
   const uint64_t seed = static_cast<uint64_t>(args.int_or("seed", 0));

@@ -35,18 +35,8 @@ int run(const std::vector<std::string>& argv) {
   if (!m.is_consistency())
     throw std::invalid_argument(fmt::format("recipe '{}' trains an EDM model (method.name = \"edm\"): it has no N(k), mu(k)", r.name));
   const int64_t K = r.train.steps;
-  std::vector<int64_t> steps;
-  if (auto s = args.opt("steps")) {
-    std::string cur;
-    for (char c : *s + ",") {
-      if (c == ',') {
-        if (!cur.empty()) steps.push_back(std::stoll(cur));
-        cur.clear();
-      } else {
-        cur += c;
-      }
-    }
-  } else {
+  std::vector<int64_t> steps = args.int_list_or("steps", {});
+  if (steps.empty()) {
     const int64_t p = args.int_or("points", 5);
     for (int64_t i = 0; i < p; ++i) steps.push_back(p == 1 ? 0 : K * i / (p - 1));
   }

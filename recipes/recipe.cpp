@@ -37,6 +37,7 @@ static TrainConfig bind_train(ConfigReader t) {
   c.log_every = t.get_int("log_every", c.log_every);
   c.sample_every = t.get_int("sample_every", c.sample_every);
   c.check_every = t.get_int("check_every", c.check_every);
+  c.watchdog_s = t.get_double("watchdog_s", c.watchdog_s);
   t.finish();
   if (c.steps <= 0) throw ConfigError("'train.steps' must be positive");
   if (c.batch <= 0) throw ConfigError("'train.batch' must be positive");
@@ -140,6 +141,8 @@ Recipe Recipe::bind(const Config& cfg, const std::string& name) {
     ConfigReader d = root.sub("debug");
     r.debug.fail_rank = d.get_int("fail_rank", -1);
     r.debug.fail_step = d.get_int("fail_step", -1);
+    r.debug.hang_rank = d.get_int("hang_rank", -1);
+    r.debug.hang_step = d.get_int("hang_step", -1);
     d.finish();
   }
   root.sub("model");  // checked by build_network

@@ -27,11 +27,13 @@ struct TrainConfig {
   int64_t log_every = 100;
   int64_t sample_every = 0;     // steps between sample pictures, 0 = only at the end
   int64_t check_every = 0;      // steps between cross-rank identity checks of the weights, 0 = at the end only
+  double watchdog_s = 600;      // multi-rank: abort the job when a rank makes no progress for this long (0 = off)
 };
 
 // Fault injection for tests of failure handling (absent from recipes; set with +debug.fail_rank=1 ...).
 struct DebugConfig {
-  int64_t fail_rank = -1, fail_step = -1;
+  int64_t fail_rank = -1, fail_step = -1;  // throw on that rank at that step
+  int64_t hang_rank = -1, hang_step = -1;  // sleep forever on that rank at that step
 };
 
 struct MethodConfig {

@@ -15,6 +15,7 @@
 #include "datasets/toy2d.h"
 #include "distributed/communicator.h"
 #include "distributed/reducer.h"
+#include "distributed/watchdog.h"
 
 #ifndef CM_SOURCE_REVISION
 #define CM_SOURCE_REVISION "unknown"
@@ -99,6 +100,7 @@ Trainer::Trainer(Recipe recipe, TrainerOptions opt) : recipe_(std::move(recipe))
     objective_->after_step(-1);  // no-op for EMA targets built as copies; keeps theta- = theta at start
   }
   optimizer_ = std::make_unique<Optimizer>(objective_->student()->parameters(), tc.optimizer);
+  if (opt_.world > 1) watchdog_ = std::make_unique<Watchdog>(tc.watchdog_s);
   emas_ = std::make_unique<SamplingEmas>(tc.ema_rates, objective_->student()->parameters());
 }
 
@@ -140,9 +142,13 @@ double Trainer::train_step(int64_t step) {
   }
   // Gradients are averaged once per optimizer step, after the last micro-batch: accumulation over
   // micro-batches never communicates.
-  if (reducer_) reducer_->all_reduce_gradients();
   if (recipe_.debug.fail_rank == opt_.rank && recipe_.debug.fail_step == step)
     throw std::runtime_error(fmt::format("injected failure at step {} (debug.fail_rank = {})", step, opt_.rank));
+  if (recipe_.debug.hang_rank == opt_.rank && recipe_.debug.hang_step == step)
+    std::this_thread::sleep_for(std::chrono::hours(1));  // injected hang: the watchdogs must end the job
+  if (watchdog_) watchdog_->beat(step, "the gradient all-reduce");
+  if (reducer_) reducer_->all_reduce_gradients();
+  if (watchdog_) watchdog_->beat(step, "the step after the all-reduce");
   optimizer_->step();
   objective_->after_step(step);
   emas_->update(objective_->student()->parameters());

@@ -18,6 +18,7 @@ namespace cm {
 
 class Communicator;
 class GradReducer;
+class Watchdog;
 
 struct TrainerOptions {
   int64_t rank = 0, world = 1, local_rank = 0, local_size = 1;
@@ -68,6 +69,7 @@ class Trainer {
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<SamplingEmas> emas_;
   std::unique_ptr<GradReducer> reducer_;
+  std::unique_ptr<Watchdog> watchdog_;
   DenoiserFn exact_denoiser_;
   std::ofstream metrics_;
   std::chrono::steady_clock::time_point t0_, t_last_;

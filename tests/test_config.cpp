@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include "core/config.h"
+#include "core/safetensors.h"
 #include "recipes/recipe.h"
 #include "support/paths.h"
 
@@ -125,4 +126,32 @@ TEST(Cli, ConfigAndScheduleCommands) {
     EXPECT_EQ(test::run_command(test::cm_binary() + " " + cmd + " --help", &out), 0) << cmd;
     EXPECT_NE(out.find("Usage: cm"), std::string::npos) << out;
   }
+}
+
+// Train briefly, then sample from the run's EMA weights with `cm sample`.
+TEST(Cli, TrainThenSample) {
+  auto dir = test::make_temp_dir("cli");
+  std::string out;
+  ASSERT_EQ(test::run_command(test::cm_binary() + " train toy_cd train.steps=20 train.log_every=10 sample.eval_count=500 run.dir=" + dir +
+                                  "/run",
+                              &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("step      10/20 | loss"), std::string::npos) << out;
+  EXPECT_NE(out.find("ETA"), std::string::npos) << out;
+  for (const char* f : {"config.toml", "overrides.txt", "meta.json", "metrics.jsonl", "samples.png", "model.safetensors",
+                        "ema_0.995.safetensors", "final.json"})
+    EXPECT_TRUE(std::filesystem::exists(dir + "/run/" + f)) << f;
+  ASSERT_EQ(test::run_command(test::cm_binary() + " sample toy_cd --weights " + dir + "/run/ema_0.995.safetensors --ts 0,8 --count 50 --out " +
+                                  dir + "/s",
+                              &out),
+            0)
+      << out;
+  auto f = load_safetensors(dir + "/s/samples.safetensors");
+  EXPECT_EQ(f.find("samples")->sizes(), (torch::IntArrayRef{50, 2}));
+  EXPECT_TRUE(std::filesystem::exists(dir + "/s/samples.png"));
+  // Wrong weights are named precisely.
+  EXPECT_NE(test::run_command(test::cm_binary() + " sample toy_cd model.width=64 --weights " + dir + "/run/model.safetensors --out " + dir + "/t", &out), 0);
+  EXPECT_NE(out.find("mis-shaped"), std::string::npos) << out;
+  std::filesystem::remove_all(dir);
 }

@@ -265,3 +265,18 @@ TEST(Toy, ExactTeacherOdeSamplesMatchData) {
   EXPECT_LT(swd, 2.5 * floor + 0.005) << "floor " << floor;
   EXPECT_GT(sliced_wasserstein(data, z * 0.5), 5 * floor);  // a wrong distribution is far
 }
+
+// Multistep sampling: the last level at sigma_min adds exactly no noise (sqrt(eps^2 - eps^2) = 0), and an
+// intermediate level tau adds sqrt(tau^2 - eps^2) z.
+TEST(Sampler, MultistepNoiseScales) {
+  NoiseRange r;
+  ConsistencyFn identity = [](const torch::Tensor& x, const torch::Tensor&, const torch::Tensor&) { return x; };
+  auto gen = cpu_generator(3);
+  auto z0 = torch::randn({5, 2}, gen, torch::kFloat64), z1 = torch::randn({5, 2}, gen, torch::kFloat64);
+  auto noise = [&](int64_t i) { return i == 0 ? z0 : z1; };
+  auto out = consistency_sample(identity, {r.sigma_max, r.sigma_min}, noise, r, {});
+  EXPECT_TRUE(torch::equal(out, z0 * r.sigma_max));
+  auto out2 = consistency_sample(identity, {r.sigma_max, 2.0}, noise, r, {});
+  EXPECT_TRUE(torch::allclose(out2, z0 * r.sigma_max + std::sqrt(4.0 - r.sigma_min * r.sigma_min) * z1, 0, 1e-12));
+  EXPECT_THROW(consistency_sample(identity, {2.0, 3.0}, noise, r, {}), std::invalid_argument);
+}

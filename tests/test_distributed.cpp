@@ -90,6 +90,29 @@ TEST_F(Distributed, FailingRankAbortsTheJobNamingIt) {
   EXPECT_TRUE(ps.empty()) << "processes left behind: " << ps;
 }
 
+TEST_F(Distributed, WatchdogEndsAJobWithAHungRank) {
+  std::string out;
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string marker = dir_ + "/hang";
+  int rc = test::run_command(fmt::format("{}{} train toy_ct train.steps=200 train.batch=64 train.watchdog_s=4 run.dir={} "
+                                         "+debug.hang_rank=1 +debug.hang_step=3",
+                                         mpirun(2), test::cm_binary(), marker),
+                             &out);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(rc, 124) << "timed out: nobody aborted\n" << out;
+  EXPECT_LT(secs, 60) << out;
+  EXPECT_NE(out.find("watchdog: no progress"), std::string::npos) << out;
+  // Whichever watchdog fires first reports: rank 0 waiting in the all-reduce of step 3, or the hung rank 1
+  // itself, last seen after step 2.
+  EXPECT_TRUE(out.find("at step 3, in the gradient all-reduce") != std::string::npos ||
+              out.find("at step 2, in the step after the all-reduce") != std::string::npos)
+      << out;
+  std::string ps;
+  test::run_command("pgrep -af '[r]un.dir=" + marker + "'", &ps);
+  EXPECT_TRUE(ps.empty()) << "processes left behind: " << ps;
+}
+
 TEST_F(Distributed, IndivisibleBatchIsAClearError) {
   std::string out;
   int rc = test::run_command(fmt::format("{}{} train toy_ct train.batch=65 run.dir={}/x", mpirun(2), test::cm_binary(), dir_), &out);
