@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include "core/config.h"
@@ -247,6 +248,97 @@ TEST(Networks, ShapeOnlyNetworksRunOnEmptyBatches) {
     auto out = net->forward(torch::zeros({0, 3, 16, 16}), torch::zeros({0}), torch::zeros({0}, torch::kLong));
     EXPECT_EQ(out.sizes(), (std::vector<int64_t>{0, 3, 16, 16})) << model;
   }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------
+// `cm model`: the summary's counts against closed forms, check and convert against the fixtures.
+
+namespace {
+
+// A recipe made of one model group and an inline dataset table.
+std::string write_recipe(const std::string& dir, const std::string& model, int64_t res, int64_t ch, int64_t classes) {
+  const std::string path = fmt::format("{}/{}_{}.toml", dir, model, res);
+  std::ofstream(path) << fmt::format("defaults = [\"model/{}\"]\n[dataset]\nresolution = {}\nchannels = {}\n"
+                                     "num_classes = {}\n", model, res, ch, classes);
+  return path;
+}
+
+// The numeric value of "key": in the one-line JSON the summary prints.
+double json_number(const std::string& json, const std::string& key) {
+  auto p = json.find("\"" + key + "\": ");
+  EXPECT_NE(p, std::string::npos) << key << " not in " << json;
+  return p == std::string::npos ? -1 : std::stod(json.substr(p + key.size() + 4));
+}
+
+std::string run_cm(const std::string& args, int expect_rc) {
+  std::string out;
+  int rc = cm::test::run_command(cm::test::cm_binary() + " " + args, &out);
+  EXPECT_EQ(rc, expect_rc) << args << "\n" << out;
+  return out;
+}
+
+TEST(ModelCommand, SummaryCountsMatchClosedForms) {
+  const std::string dir = cm::test::make_temp_dir("cm-model-summary");
+  // adm_small at 16 px: attention at 8 px (3 blocks, 64 channels, L = 64) and 4 px (4 blocks, L = 16); each
+  // block does q k^T and w v, 2 L^2 C multiply-accumulates, so 4 L^2 C FLOPs.
+  auto out = run_cm("model summary " + write_recipe(dir, "adm_small", 16, 3, 10) + " --batch-per-gpu 6 --emas 3 --json", 0);
+  EXPECT_EQ(json_number(out, "parameters"), 1422691);
+  EXPECT_EQ(json_number(out, "flops_attention"), 3 * 4.0 * 64 * 64 * 64 + 4 * 4.0 * 16 * 16 * 64);
+  // Linear layers: time_embed (32x128, 128x128) and one emb projection per ResBlock (128 -> 2 x out channels,
+  // scale-shift): outputs 64+64+128+128+128 (input blocks) + 256 (middle) + 3x128+3x128+2x64 (output blocks).
+  EXPECT_EQ(json_number(out, "flops_linear"), 2.0 * (32 * 128 + 128 * 128 + 128 * 1664));
+  const double conv = json_number(out, "flops_conv");
+  EXPECT_GT(conv, 1e8);
+  EXPECT_EQ(json_number(out, "flops_per_image"), conv + json_number(out, "flops_attention") + json_number(out, "flops_linear"));
+  const double act = json_number(out, "activation_bytes_per_image");
+  EXPECT_GT(act, 16 * 16 * 32 * 4 * 10.0);  // at least ten full-resolution feature maps
+  EXPECT_NEAR(json_number(out, "memory_activations"), 6 * act, 1.0);
+  const double w = 4.0 * 1422691;
+  EXPECT_NEAR(json_number(out, "memory_total"), w * (1 + 1 + 2 + 3) + 6 * act, 1.0);
+
+  // The same UNet at twice the resolution (attention at the same levels, now 16 and 8 px): convolutions x4,
+  // attention x16 (sequence length x4, quadratic), linear layers unchanged.
+  auto out32 = run_cm("model summary " + write_recipe(dir, "adm_small", 32, 3, 10) +
+                          " model.attention_resolutions=[16,8] --json", 0);
+  EXPECT_NEAR(json_number(out32, "flops_conv"), 4 * conv, 1.0);
+  EXPECT_EQ(json_number(out32, "flops_attention"), 16 * json_number(out, "flops_attention"));
+  EXPECT_EQ(json_number(out32, "flops_linear"), json_number(out, "flops_linear"));
+
+  // The MLP: only linear layers, 2 x (64x128 + 128x128 + 2x128 + 3 x 3 x 128x128 + 128x2).
+  std::ofstream(dir + "/mlp.toml") << "[model]\narch = \"mlp\"\n[dataset]\nchannels = 2\n";
+  auto mlp = run_cm("model summary " + dir + "/mlp.toml --json", 0);
+  EXPECT_EQ(json_number(mlp, "flops_per_image"), 2.0 * (64 * 128 + 128 * 128 + 2 * 128 + 9 * 128 * 128 + 128 * 2));
+  EXPECT_EQ(json_number(mlp, "flops_conv"), 0);
+
+  // Text output names the figures; bad options are errors.
+  auto text = run_cm("model summary " + write_recipe(dir, "ncsnpp_cifar10", 32, 3, 0), 0);
+  EXPECT_NE(text.find("parameters:   56,395,523"), std::string::npos) << text;
+  EXPECT_NE(text.find("GFLOPs per image"), std::string::npos) << text;
+  run_cm("model summary " + dir + "/mlp.toml --batch-per-gpu 0", 2);
+  run_cm("model summary " + dir + "/mlp.toml --batchsize 4", 2);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ModelCommand, CheckAndConvertReferenceWeights) {
+  const std::string dir = cm::test::make_temp_dir("cm-model-check");
+  const std::string adm = write_recipe(dir, "adm_small", 16, 3, 10);
+  auto ok = run_cm("model check " + adm + " " + fixture("adm_small_cond.state_dict.pt"), 0);
+  EXPECT_NE(ok.find("all 217 tensors"), std::string::npos) << ok;
+  auto bad = run_cm("model check " + adm + " " + fixture("ncsnpp_small.weights.safetensors"), 1);
+  EXPECT_NE(bad.find("missing (in the network, not in the file)"), std::string::npos) << bad;
+  EXPECT_NE(bad.find("map_noise.freqs [16]"), std::string::npos) << bad;
+
+  run_cm("model convert " + fixture("ncsnpp_small.state_dict.pt") + " " + dir + "/n.safetensors", 0);
+  auto converted = cm::load_safetensors(dir + "/n.safetensors").tensors;
+  auto ref = cm::load_safetensors(fixture("ncsnpp_small.weights.safetensors")).tensors;
+  ASSERT_EQ(converted.size(), ref.size());
+  for (size_t i = 0; i < ref.size(); ++i) {
+    EXPECT_EQ(converted[i].first, ref[i].first);
+    EXPECT_TRUE(torch::equal(converted[i].second, ref[i].second)) << ref[i].first;
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
