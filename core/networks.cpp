@@ -3,7 +3,9 @@
 
 #include <fmt/format.h>
 #include "core/config.h"
+#include "core/nets/adm_unet.h"
 #include "core/nets/mlp.h"
+#include "core/nets/ncsnpp.h"
 
 namespace cm {
 
@@ -12,6 +14,8 @@ namespace cm {
 static const std::vector<std::pair<std::string, NetworkBuilder>>& table() {
   static const std::vector<std::pair<std::string, NetworkBuilder>> t = {
       {"mlp", build_mlp},
+      {"adm", build_adm},
+      {"ncsnpp", build_ncsnpp},
   };
   return t;
 }

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 #include <stdexcept>
 #include <torch/torch.h>
 #include "core/json.h"
@@ -92,6 +93,7 @@ TensorFile parse_safetensors(const std::string& bytes, const std::string& origin
   if (root.kind != Json::Obj) throw std::runtime_error(fmt::format("{}: safetensors header is not an object", origin));
   const size_t data_start = 8 + n, data_size = bytes.size() - data_start;
   TensorFile f;
+  std::vector<std::tuple<int64_t, int64_t, std::string>> spans;  // for the overlap check
   for (auto& [name, e] : root.obj) {
     if (name == "__metadata__") {
       for (auto& [k, v] : e.obj) f.metadata[k] = v.str;
@@ -117,10 +119,16 @@ TensorFile parse_safetensors(const std::string& bytes, const std::string& origin
       throw std::runtime_error(fmt::format("{}: tensor '{}' has data offsets [{}, {}] that do not fit its shape ({} bytes) "
                                            "or the file's data section ({} bytes): the file is truncated or corrupt",
                                            origin, name, begin, end, expect, data_size));
+    spans.emplace_back(begin, end, name);
     auto t = torch::empty(shape, torch::TensorOptions().dtype(it->type));
     if (expect) std::memcpy(t.data_ptr(), bytes.data() + data_start + begin, expect);
     f.tensors.emplace_back(name, t);
   }
+  std::sort(spans.begin(), spans.end());
+  for (size_t i = 1; i < spans.size(); ++i)
+    if (std::get<0>(spans[i]) < std::get<1>(spans[i - 1]))
+      throw std::runtime_error(fmt::format("{}: tensors '{}' and '{}' overlap in the data section: the file is corrupt",
+                                           origin, std::get<2>(spans[i - 1]), std::get<2>(spans[i])));
   return f;
 }
 

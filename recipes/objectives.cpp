@@ -7,38 +7,19 @@
 #include "core/distance.h"
 #include "core/ema.h"
 #include "core/karras.h"
+#include "core/lpips.h"
 #include "core/network.h"
 #include "core/ode.h"
+#include "core/weights.h"
 
 namespace cm {
 
-NamedTensors network_state(torch::nn::Module& net) {
-  NamedTensors out;
-  for (auto& p : net.named_parameters()) out.emplace_back(p.key(), p.value());
-  for (auto& b : net.named_buffers()) out.emplace_back(b.key(), b.value());
-  return out;
-}
+// PyTorch's state-dict order, so exported files list tensors as the reference code's checkpoints do.
+NamedTensors network_state(torch::nn::Module& net) { return state_dict(net); }
 
-void load_network_weights(torch::nn::Module& net, const std::string& path) {
-  TensorFile f = load_safetensors(path);
-  std::vector<std::string> missing, mis_shaped, unexpected;
-  auto own = network_state(net);
-  std::set<std::string> names;
-  for (auto& [n, t] : own) {
-    names.insert(n);
-    const torch::Tensor* src = f.find(n);
-    if (!src) missing.push_back(n);
-    else if (src->sizes() != t.sizes())
-      mis_shaped.push_back(fmt::format("{} (file {}, network {})", n, c10::str(src->sizes()), c10::str(t.sizes())));
-  }
-  for (auto& [n, t] : f.tensors)
-    if (!names.count(n)) unexpected.push_back(n);
-  if (!missing.empty() || !mis_shaped.empty() || !unexpected.empty())
-    throw std::runtime_error(fmt::format("{}: weights do not match the network: missing [{}], unexpected [{}], mis-shaped [{}]",
-                                         path, fmt::join(missing, ", "), fmt::join(unexpected, ", "), fmt::join(mis_shaped, ", ")));
-  torch::NoGradGuard ng;
-  for (auto& [n, t] : own) t.copy_(*f.find(n));
-}
+// Safetensors or a PyTorch .pt state dict (released checkpoints load directly); a mismatch lists every
+// missing, unexpected and mis-shaped tensor.
+void load_network_weights(torch::nn::Module& net, const std::string& path) { load_weights_file(net, path); }
 
 namespace {
 
@@ -100,9 +81,9 @@ class ConsistencyObjective : public Objective {
     student_ = std::move(student);
     precond_ = p;
     precond_.kind = Preconditioning::Consistency;
-    if (m_.metric == Metric::Lpips)
-      throw std::runtime_error("method.metric = \"lpips\" needs the LPIPS network, which this build does not have yet; "
-                               "use l2, l1 or pseudo_huber");
+    // LPIPS: a frozen VGG16 beside the networks. A missing weights file is an error that says how to make it,
+    // raised here, before any training step.
+    if (m_.metric == Metric::Lpips) lpips_ = make_lpips(m_.lpips_weights);
     if (target_) copy_params(target_->parameters(), student_->parameters());
   }
 
@@ -171,7 +152,9 @@ class ConsistencyObjective : public Objective {
       case Metric::L2: d = l2_distance(f_student, f_target); break;
       case Metric::L1: d = l1_distance(f_student, f_target); break;
       case Metric::PseudoHuber: d = pseudo_huber_distance(f_student, f_target); break;
-      case Metric::Lpips: throw std::logic_error("unreachable");
+      case Metric::Lpips:
+        d = lpips_->forward(f_student, f_target.to(f_student.scalar_type()));
+        break;
     }
     if (m_.weighting == "inverse_dt") d = d / (t_hi - t_lo);
     return d.mean();
@@ -202,6 +185,7 @@ class ConsistencyObjective : public Objective {
 
  private:
   MethodConfig m_;
+  Lpips lpips_{nullptr};
   NetworkPtr target_;  // null when theta- = stopgrad(theta) (mu = 0 throughout)
   DenoiserFn teacher_;
   NetworkPtr teacher_net_;  // the learned teacher behind teacher_, if any
@@ -211,6 +195,7 @@ class ConsistencyObjective : public Objective {
     student_->to(d);
     if (target_) target_->to(d);
     if (teacher_net_) teacher_net_->to(d);
+    if (lpips_) lpips_->to(d);
   }
 };
 

@@ -59,9 +59,10 @@ struct ObjectiveDeps {
 
 std::unique_ptr<Objective> make_objective(const Recipe& r, const ObjectiveDeps& deps);
 
-// Loads a safetensors file of a network's state into it (names and shapes must match exactly; the error
-// lists every missing, unexpected and mis-shaped tensor).
+// Loads a safetensors file or a PyTorch .pt state dict into the network (names and shapes must match
+// exactly; the error lists every missing, unexpected and mis-shaped tensor). See core/weights.h.
 void load_network_weights(torch::nn::Module& net, const std::string& path);
+// The network's parameters and buffers by name, in PyTorch's state-dict order.
 NamedTensors network_state(torch::nn::Module& net);
 
 }  // namespace cm

@@ -59,6 +59,7 @@ static MethodConfig bind_method(ConfigReader m, int64_t total_steps) {
     return c;
   }
   c.metric = parse_metric(m.get_choice("metric", c.name == "ict" ? "pseudo_huber" : "l2", {"l2", "l1", "pseudo_huber", "lpips"}));
+  if (c.metric == Metric::Lpips) c.lpips_weights = m.get_string("lpips_weights", "");
   c.schedule = m.get_choice("schedule", c.name == "cd" ? "fixed" : c.name, {"fixed", "ct", "ict"});
   c.num_scales = m.get_int("num_scales", c.num_scales);
   c.mu = m.get_double("mu", c.name == "cd" ? 0.95 : 0.0);

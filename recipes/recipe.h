@@ -46,6 +46,7 @@ struct MethodConfig {
   double mu = 0.0;              // target EMA for the fixed schedule
   CtCurriculum ct;
   IctCurriculum ict;
+  std::string lpips_weights;    // metric = lpips: safetensors file of VGG16 + LPIPS weights ("" = default path, see core/lpips.h)
   std::string index_sampling = "uniform";  // uniform | lognormal (iCT)
   std::string weighting = "uniform";       // uniform | inverse_dt (iCT)
   double p_mean = -1.1, p_std = 2.0;       // lognormal index sampling (iCT) / sigma sampling (EDM)

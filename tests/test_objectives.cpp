@@ -4,11 +4,15 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include "core/ema.h"
+#include "core/lpips.h"
+#include "core/weights.h"
 #include "core/rng.h"
 #include "datasets/toy2d.h"
 #include "recipes/objectives.h"
 #include "recipes/recipe.h"
+#include "support/paths.h"
 
 using namespace cm;
 
@@ -110,4 +114,62 @@ TEST(Objectives, LossGradientReachesOnlyTheStudent) {
   for (auto& p : obj->student()->parameters()) gnorm += p.grad().defined() ? p.grad().norm().item<double>() : 0;
   EXPECT_GT(gnorm, 0);
   for (auto& [n, t] : obj->state()) EXPECT_FALSE(t.requires_grad()) << n;
+}
+
+namespace {
+// F(x) = w * x: enough to see the metric at work on images.
+struct ScaleImpl : NetworkImpl {
+  torch::Tensor w;
+  ScaleImpl() { w = register_parameter("w", torch::full({1}, 0.5)); }
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor&, const torch::Tensor&) override { return x * w; }
+};
+}  // namespace
+
+// metric = lpips: the objective loads the VGG16 + LPIPS weights file named by method.lpips_weights, the loss
+// is finite and positive on images, and its gradient reaches the student, never the frozen LPIPS network.
+TEST(Objectives, LpipsMetricLoadsItsWeightsAndTrainsOnlyTheStudent) {
+  const std::string dir = cm::test::make_temp_dir("lpips_obj");
+  const std::string path = dir + "/lpips.safetensors";
+  {
+    torch::manual_seed(3);
+    Lpips net;
+    torch::NoGradGuard ng;
+    for (auto& [name, t] : state_dict(*net)) {
+      if (name.rfind("lin.", 0) == 0) t.uniform_(0, 1);
+      else if (t.dim() == 4) t.normal_(0, std::sqrt(2.0 / (t.size(1) * 9)));
+      else t.uniform_(-0.05, 0.05);
+    }
+    save_weights_file(*net, path);
+  }
+  Recipe r = Recipe::load("toy_ct", {"method.metric=lpips", "+method.lpips_weights=" + path});
+  ObjectiveDeps deps;
+  deps.shape.channels = 3;
+  deps.shape.resolution = 16;
+  deps.network_factory = [] { return std::make_shared<ScaleImpl>(); };
+  auto obj = make_objective(r, deps);
+  torch::manual_seed(5);
+  Batch b{torch::rand({2, 3, 16, 16}) * 2 - 1, torch::Tensor()};
+  auto loss = obj->loss(b, info(3, 0, 2, 2));
+  ASSERT_TRUE(std::isfinite(loss.item<double>()));
+  EXPECT_GT(loss.item<double>(), 0);
+  loss.backward();
+  auto w = obj->student()->parameters()[0];
+  ASSERT_TRUE(w.grad().defined());
+  EXPECT_GT(w.grad().abs().item<double>(), 0);
+}
+
+TEST(Objectives, LpipsMetricWithoutWeightsFileIsAClearError) {
+  Recipe r = Recipe::load("toy_ct", {"method.metric=lpips", "+method.lpips_weights=/nonexistent/vgg_lpips.safetensors"});
+  ObjectiveDeps deps;
+  deps.shape.channels = 3;
+  deps.shape.resolution = 16;
+  deps.network_factory = [] { return std::make_shared<ScaleImpl>(); };
+  try {
+    make_objective(r, deps);
+    FAIL() << "no error";
+  } catch (const std::exception& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("/nonexistent/vgg_lpips.safetensors"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("convert_lpips_weights.py"), std::string::npos) << msg;
+  }
 }

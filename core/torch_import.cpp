@@ -1,0 +1,603 @@
+// PyTorch zip-format .pt reader (see torch_import.h): a zip directory reader, a pickle stack machine, and
+// the storage files.
+#include "core/torch_import.h"
+
+#include <fmt/format.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <unordered_map>
+#include <torch/torch.h>
+
+namespace cm {
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------
+// Zip container
+
+uint64_t le(const unsigned char* p, int n) {
+  uint64_t v = 0;
+  for (int i = n - 1; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+struct ZipEntry {
+  std::string name;
+  uint16_t method = 0;  // 0 stored, 8 deflated
+  uint32_t crc = 0;
+  uint64_t csize = 0, usize = 0, local_offset = 0;
+};
+
+class ZipReader {
+ public:
+  explicit ZipReader(const std::string& path) : path_(path), in_(path, std::ios::binary) {
+    if (!in_) throw std::runtime_error(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
+    in_.seekg(0, std::ios::end);
+    size_ = static_cast<uint64_t>(in_.tellg());
+    read_directory();
+  }
+
+  const std::vector<ZipEntry>& entries() const { return entries_; }
+  const ZipEntry* find(const std::string& name) const {
+    auto it = index_.find(name);
+    return it == index_.end() ? nullptr : &entries_[it->second];
+  }
+
+  // Reads the uncompressed bytes of `e` into dst (exactly e.usize bytes) and checks the CRC.
+  void read(const ZipEntry& e, void* dst) {
+    const uint64_t data = data_offset(e);
+    if (data + e.csize > size_) fail(fmt::format("entry '{}' extends past the end of the file (truncated?)", e.name));
+    if (e.method == 0) {
+      if (e.csize != e.usize) fail(fmt::format("stored entry '{}' has different sizes", e.name));
+      read_at(data, dst, e.usize);
+    } else if (e.method == 8) {
+      std::string comp(e.csize, '\0');
+      read_at(data, comp.data(), e.csize);
+      inflate_raw(e, comp, dst);
+    } else {
+      fail(fmt::format("entry '{}' uses zip compression method {} (only stored and deflate are supported)", e.name,
+                       e.method));
+    }
+    uLong crc = crc32(0L, Z_NULL, 0);
+    const auto* p = static_cast<const Bytef*>(dst);
+    for (uint64_t done = 0; done < e.usize;) {
+      const uInt n = static_cast<uInt>(std::min<uint64_t>(e.usize - done, 1u << 30));
+      crc = crc32(crc, p + done, n);
+      done += n;
+    }
+    if (static_cast<uint32_t>(crc) != e.crc)
+      fail(fmt::format("entry '{}' fails its CRC check (the file is corrupt or truncated)", e.name));
+  }
+
+  std::string read_string(const ZipEntry& e) {
+    std::string s(e.usize, '\0');
+    read(e, s.data());
+    return s;
+  }
+
+  [[noreturn]] void fail(const std::string& what) const {
+    throw std::runtime_error(fmt::format("{}: not a readable PyTorch zip file: {}", path_, what));
+  }
+
+ private:
+  void read_at(uint64_t off, void* dst, uint64_t n) {
+    in_.clear();
+    in_.seekg(static_cast<std::streamoff>(off));
+    in_.read(static_cast<char*>(dst), static_cast<std::streamsize>(n));
+    if (static_cast<uint64_t>(in_.gcount()) != n) fail(fmt::format("short read of {} bytes at offset {}", n, off));
+  }
+
+  void inflate_raw(const ZipEntry& e, std::string& comp, void* dst) {
+    z_stream zs{};
+    if (inflateInit2(&zs, -MAX_WBITS) != Z_OK) fail("zlib inflateInit2 failed");
+    zs.next_in = reinterpret_cast<Bytef*>(comp.data());
+    zs.next_out = static_cast<Bytef*>(dst);
+    uint64_t in_left = comp.size(), out_left = e.usize;
+    int rc = Z_OK;
+    while (rc == Z_OK) {
+      const uInt ci = static_cast<uInt>(std::min<uint64_t>(in_left, 1u << 30));
+      const uInt co = static_cast<uInt>(std::min<uint64_t>(out_left, 1u << 30));
+      zs.avail_in = ci, zs.avail_out = co;
+      rc = inflate(&zs, Z_NO_FLUSH);
+      in_left -= ci - zs.avail_in, out_left -= co - zs.avail_out;
+      if (rc == Z_OK && ci == zs.avail_in && co == zs.avail_out) break;  // no progress
+    }
+    inflateEnd(&zs);
+    if (rc != Z_STREAM_END || out_left != 0)
+      fail(fmt::format("entry '{}' does not inflate to its {} bytes (zlib code {})", e.name, e.usize, rc));
+  }
+
+  uint64_t data_offset(const ZipEntry& e) {
+    unsigned char h[30];
+    if (e.local_offset + 30 > size_) fail(fmt::format("local header of '{}' is outside the file", e.name));
+    read_at(e.local_offset, h, 30);
+    if (le(h, 4) != 0x04034b50) fail(fmt::format("bad local header signature for '{}'", e.name));
+    return e.local_offset + 30 + le(h + 26, 2) + le(h + 28, 2);
+  }
+
+  void read_directory() {
+    // End of central directory: 22 bytes plus a comment of up to 64 KiB, searched from the end.
+    const uint64_t tail = std::min<uint64_t>(size_, 22 + 65535 + 20);
+    if (size_ < 22) fail("file too short for a zip archive");
+    std::vector<unsigned char> buf(tail);
+    read_at(size_ - tail, buf.data(), tail);
+    int64_t pos = -1;
+    for (int64_t i = static_cast<int64_t>(tail) - 22; i >= 0; --i)
+      if (le(&buf[i], 4) == 0x06054b50) { pos = i; break; }
+    if (pos < 0) fail("no end-of-central-directory record");
+    const unsigned char* eocd = &buf[pos];
+    uint64_t count = le(eocd + 10, 2), cd_size = le(eocd + 12, 4), cd_off = le(eocd + 16, 4);
+    if (count == 0xFFFF || cd_size == 0xFFFFFFFF || cd_off == 0xFFFFFFFF) {
+      // Zip64: the locator sits just before the EOCD record and points at the zip64 EOCD record.
+      if (pos < 20 || le(&buf[pos - 20], 4) != 0x07064b50) fail("zip64 archive without a zip64 locator");
+      const uint64_t z64 = le(&buf[pos - 20] + 8, 8);
+      unsigned char r[56];
+      if (z64 + 56 > size_) fail("zip64 end record outside the file");
+      read_at(z64, r, 56);
+      if (le(r, 4) != 0x06064b50) fail("bad zip64 end record signature");
+      count = le(r + 32, 8), cd_size = le(r + 40, 8), cd_off = le(r + 48, 8);
+    }
+    if (cd_off + cd_size > size_) fail("central directory outside the file");
+    std::vector<unsigned char> cd(cd_size);
+    read_at(cd_off, cd.data(), cd_size);
+    uint64_t p = 0;
+    for (uint64_t i = 0; i < count; ++i) {
+      if (p + 46 > cd_size || le(&cd[p], 4) != 0x02014b50) fail("bad central directory entry");
+      const unsigned char* h = &cd[p];
+      ZipEntry e;
+      e.method = static_cast<uint16_t>(le(h + 10, 2));
+      e.crc = static_cast<uint32_t>(le(h + 16, 4));
+      e.csize = le(h + 20, 4), e.usize = le(h + 24, 4);
+      const uint64_t nlen = le(h + 28, 2), xlen = le(h + 30, 2), clen = le(h + 32, 2);
+      e.local_offset = le(h + 42, 4);
+      if (p + 46 + nlen + xlen + clen > cd_size) fail("central directory entry overruns the directory");
+      e.name.assign(reinterpret_cast<const char*>(h + 46), nlen);
+      // Zip64 extra field: the 8-byte values of those fields that are 0xFFFFFFFF, in this order.
+      for (uint64_t x = 0; x + 4 <= xlen;) {
+        const unsigned char* f = h + 46 + nlen + x;
+        const uint64_t id = le(f, 2), len = le(f + 2, 2);
+        if (x + 4 + len > xlen) break;
+        if (id == 0x0001) {
+          uint64_t q = 4;
+          auto take = [&](uint64_t& v) {
+            if (v == 0xFFFFFFFF && q + 8 <= 4 + len) v = le(f + q, 8), q += 8;
+          };
+          take(e.usize), take(e.csize), take(e.local_offset);
+        }
+        x += 4 + len;
+      }
+      index_[e.name] = entries_.size();
+      entries_.push_back(std::move(e));
+      p += 46 + nlen + xlen + clen;
+    }
+  }
+
+  std::string path_;
+  std::ifstream in_;
+  uint64_t size_ = 0;
+  std::vector<ZipEntry> entries_;
+  std::unordered_map<std::string, size_t> index_;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Pickle objects
+
+struct PyObj;
+using Obj = std::shared_ptr<PyObj>;
+struct PyObj {
+  enum Kind { None, Bool, Int, Float, Str, Bytes, Tuple, List, Dict, Global, Tensor, Storage, Opaque } kind = None;
+  int64_t i = 0;
+  double f = 0;
+  std::string s;  // Str, Bytes, Global ("module.name"), Opaque (its class), Storage (its key)
+  std::vector<Obj> items;                    // Tuple, List
+  std::vector<std::pair<Obj, Obj>> entries;  // Dict (in insertion order)
+  torch::Tensor tensor;                      // Tensor; Storage (flat, loaded)
+};
+
+Obj make(PyObj::Kind k) {
+  auto o = std::make_shared<PyObj>();
+  o->kind = k;
+  return o;
+}
+Obj make_int(int64_t v) { auto o = make(PyObj::Int); o->i = v; return o; }
+Obj make_str(PyObj::Kind k, std::string s) { auto o = make(k); o->s = std::move(s); return o; }
+
+const char* kind_name(PyObj::Kind k) {
+  static const char* names[] = {"None", "bool", "int", "float", "str", "bytes", "tuple", "list", "dict",
+                                "global", "tensor", "storage", "object"};
+  return names[k];
+}
+
+struct StorageType {
+  const char* name;
+  torch::ScalarType dtype;
+};
+const StorageType kStorageTypes[] = {
+    {"FloatStorage", torch::kFloat32}, {"DoubleStorage", torch::kFloat64}, {"HalfStorage", torch::kFloat16},
+    {"BFloat16Storage", torch::kBFloat16}, {"LongStorage", torch::kInt64}, {"IntStorage", torch::kInt32},
+    {"ShortStorage", torch::kInt16}, {"CharStorage", torch::kInt8}, {"ByteStorage", torch::kUInt8},
+    {"BoolStorage", torch::kBool},
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Pickle machine
+
+class Unpickler {
+ public:
+  Unpickler(const std::string& data, ZipReader& zip, std::string archive, std::string origin)
+      : d_(data), zip_(zip), archive_(std::move(archive)), origin_(std::move(origin)) {}
+
+  Obj run() {
+    while (true) {
+      if (p_ >= d_.size()) fail("the pickle ends without a STOP opcode");
+      op_pos_ = p_;
+      op_ = static_cast<unsigned char>(d_[p_++]);
+      if (op_ == '.') break;
+      step();
+    }
+    if (stack_.size() != 1) fail(fmt::format("STOP with {} objects on the stack", stack_.size()));
+    return stack_.back();
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) const {
+    throw std::runtime_error(fmt::format("{}: cannot read the pickle (data.pkl) at byte {} (opcode 0x{:02x}): {}",
+                                         origin_, op_pos_, op_, what));
+  }
+  const unsigned char* take(size_t n) {
+    if (p_ + n > d_.size()) fail("truncated operand");
+    auto r = reinterpret_cast<const unsigned char*>(d_.data() + p_);
+    p_ += n;
+    return r;
+  }
+  uint64_t take_le(int n) { return le(take(n), n); }
+  std::string take_bytes(uint64_t n) {
+    if (n > d_.size() - p_) fail("string longer than the pickle");
+    std::string s = d_.substr(p_, n);
+    p_ += n;
+    return s;
+  }
+  std::string take_line() {
+    auto nl = d_.find('\n', p_);
+    if (nl == std::string::npos) fail("unterminated text operand");
+    std::string s = d_.substr(p_, nl - p_);
+    p_ = nl + 1;
+    return s;
+  }
+  Obj pop() {
+    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back())) fail("stack underflow");
+    Obj o = stack_.back();
+    stack_.pop_back();
+    return o;
+  }
+  Obj& top() {
+    if (stack_.empty()) fail("stack underflow");
+    return stack_.back();
+  }
+  std::vector<Obj> pop_mark() {
+    if (marks_.empty()) fail("no MARK on the stack");
+    const size_t m = marks_.back();
+    marks_.pop_back();
+    std::vector<Obj> items(stack_.begin() + static_cast<std::ptrdiff_t>(m), stack_.end());
+    stack_.resize(m);
+    return items;
+  }
+  void push(Obj o) { stack_.push_back(std::move(o)); }
+  Obj tuple(std::vector<Obj> items) {
+    auto t = make(PyObj::Tuple);
+    t->items = std::move(items);
+    return t;
+  }
+  void memo_put(uint64_t idx) { memo_[idx] = top(); }
+  Obj memo_get(uint64_t idx) {
+    auto it = memo_.find(idx);
+    if (it == memo_.end()) fail(fmt::format("memo entry {} is not set", idx));
+    return it->second;
+  }
+  void set_items(Obj& dict, const std::vector<Obj>& kv) {
+    if (dict->kind != PyObj::Dict) fail(fmt::format("SETITEM(S) on a {}", kind_name(dict->kind)));
+    if (kv.size() % 2) fail("SETITEMS with an odd number of items");
+    for (size_t i = 0; i < kv.size(); i += 2) {
+      bool replaced = false;
+      if (kv[i]->kind == PyObj::Str)
+        for (auto& e : dict->entries)
+          if (e.first->kind == PyObj::Str && e.first->s == kv[i]->s) e.second = kv[i + 1], replaced = true;
+      if (!replaced) dict->entries.emplace_back(kv[i], kv[i + 1]);
+    }
+  }
+  void append(Obj& list, const std::vector<Obj>& items) {
+    if (list->kind != PyObj::List) fail(fmt::format("APPEND(S) on a {}", kind_name(list->kind)));
+    list->items.insert(list->items.end(), items.begin(), items.end());
+  }
+
+  void step() {
+    switch (op_) {
+      case 0x80: take(1); break;                // PROTO
+      case 0x95: take(8); break;                // FRAME
+      case '(': marks_.push_back(stack_.size()); break;
+      case 'N': push(make(PyObj::None)); break;
+      case 0x88: case 0x89: { auto b = make(PyObj::Bool); b->i = op_ == 0x88; push(b); break; }
+      case 'J': push(make_int(static_cast<int32_t>(take_le(4)))); break;
+      case 'K': push(make_int(static_cast<int64_t>(take_le(1)))); break;
+      case 'M': push(make_int(static_cast<int64_t>(take_le(2)))); break;
+      case 0x8a: case 0x8b: {                    // LONG1 / LONG4: little-endian two's complement
+        const uint64_t n = op_ == 0x8a ? take_le(1) : take_le(4);
+        if (n > 8) { take_bytes(n); push(make_str(PyObj::Opaque, "int (more than 64 bits)")); break; }
+        const unsigned char* b = take(n);
+        uint64_t v = le(b, static_cast<int>(n));
+        if (n > 0 && n < 8 && (b[n - 1] & 0x80)) v |= ~uint64_t(0) << (8 * n);
+        push(make_int(static_cast<int64_t>(v)));
+        break;
+      }
+      case 'I': {                                // INT (text); "00"/"01" are False/True
+        std::string s = take_line();
+        if (s == "00" || s == "01") { auto b = make(PyObj::Bool); b->i = s == "01"; push(b); break; }
+        push(make_int(std::stoll(s)));
+        break;
+      }
+      case 'L': { std::string s = take_line(); if (!s.empty() && s.back() == 'L') s.pop_back(); push(make_int(std::stoll(s))); break; }
+      case 'G': {                                // BINFLOAT: big-endian IEEE double
+        const unsigned char* b = take(8);
+        uint64_t v = 0;
+        for (int k = 0; k < 8; ++k) v = (v << 8) | b[k];
+        auto o = make(PyObj::Float);
+        std::memcpy(&o->f, &v, 8);
+        push(o);
+        break;
+      }
+      case 'F': { auto o = make(PyObj::Float); o->f = std::stod(take_line()); push(o); break; }
+      case 'X': push(make_str(PyObj::Str, take_bytes(take_le(4)))); break;
+      case 0x8c: push(make_str(PyObj::Str, take_bytes(take_le(1)))); break;
+      case 0x8d: push(make_str(PyObj::Str, take_bytes(take_le(8)))); break;
+      case 'T': push(make_str(PyObj::Str, take_bytes(take_le(4)))); break;   // BINSTRING (py2 str)
+      case 'U': push(make_str(PyObj::Str, take_bytes(take_le(1)))); break;   // SHORT_BINSTRING
+      case 'B': push(make_str(PyObj::Bytes, take_bytes(take_le(4)))); break;
+      case 'C': push(make_str(PyObj::Bytes, take_bytes(take_le(1)))); break;
+      case 0x8e: case 0x96: push(make_str(PyObj::Bytes, take_bytes(take_le(8)))); break;
+      case ')': push(make(PyObj::Tuple)); break;
+      case 't': push(tuple(pop_mark())); break;
+      case 0x85: { auto a = pop(); push(tuple({a})); break; }
+      case 0x86: { auto b = pop(), a = pop(); push(tuple({a, b})); break; }
+      case 0x87: { auto c = pop(), b = pop(), a = pop(); push(tuple({a, b, c})); break; }
+      case ']': case 0x8f: push(make(PyObj::List)); break;                   // EMPTY_LIST, EMPTY_SET
+      case 'l': case 0x91: { auto l = make(PyObj::List); l->items = pop_mark(); push(l); break; }  // LIST, FROZENSET
+      case 'a': { auto v = pop(); append(top(), {v}); break; }
+      case 'e': case 0x90: { auto items = pop_mark(); append(top(), items); break; }  // APPENDS, ADDITEMS
+      case '}': push(make(PyObj::Dict)); break;
+      case 'd': { auto kv = pop_mark(); auto dict = make(PyObj::Dict); set_items(dict, kv); push(dict); break; }
+      case 's': { auto v = pop(), k = pop(); set_items(top(), {k, v}); break; }
+      case 'u': { auto kv = pop_mark(); set_items(top(), kv); break; }
+      case 'q': memo_put(take_le(1)); break;
+      case 'r': memo_put(take_le(4)); break;
+      case 'p': memo_put(std::stoull(take_line())); break;
+      case 0x94: memo_put(memo_.size()); break;                              // MEMOIZE
+      case 'h': push(memo_get(take_le(1))); break;
+      case 'j': push(memo_get(take_le(4))); break;
+      case 'g': push(memo_get(std::stoull(take_line()))); break;
+      case '0': pop(); break;
+      case '1': pop_mark(); break;
+      case '2': push(top()); break;
+      case 'c': {                                                            // GLOBAL "module\nname\n"
+        std::string mod = take_line(), name = take_line();
+        push(make_str(PyObj::Global, mod + "." + name));
+        break;
+      }
+      case 0x93: {                                                           // STACK_GLOBAL
+        auto name = pop(), mod = pop();
+        if (name->kind != PyObj::Str || mod->kind != PyObj::Str) fail("STACK_GLOBAL needs two strings");
+        push(make_str(PyObj::Global, mod->s + "." + name->s));
+        break;
+      }
+      case 'R': case 0x81: { auto args = pop(), fn = pop(); push(call(fn, args)); break; }  // REDUCE, NEWOBJ
+      case 0x92: { pop(); auto args = pop(), fn = pop(); push(call(fn, args)); break; }     // NEWOBJ_EX
+      case 'b': pop(); break;  // BUILD: state (e.g. an OrderedDict's _metadata) is not needed for tensors
+      case 'Q': { auto pid = pop(); push(persistent_load(pid)); break; }
+      case 'P': fail("text persistent ids (PERSID) are not used by torch.save and are not supported");
+      default:
+        fail("unsupported pickle opcode (the file was not written by torch.save, or by a newer protocol)");
+    }
+  }
+
+  Obj call(const Obj& fn, const Obj& args) {
+    if (fn->kind != PyObj::Global) return make_str(PyObj::Opaque, fmt::format("result of calling a {}", kind_name(fn->kind)));
+    const std::string& g = fn->s;
+    const auto& a = args->items;
+    if (g == "collections.OrderedDict" || g == "builtins.dict" || g == "__builtin__.dict") {
+      auto d = make(PyObj::Dict);
+      if (!a.empty() && a[0]->kind == PyObj::List)
+        for (auto& kv : a[0]->items)
+          if (kv->kind == PyObj::Tuple && kv->items.size() == 2) set_items(d, kv->items);
+      return d;
+    }
+    if (g == "torch._utils._rebuild_tensor_v2" || g == "torch._utils._rebuild_tensor") return rebuild_tensor(a);
+    if (g == "torch._utils._rebuild_parameter" || g == "torch._utils._rebuild_parameter_with_state") {
+      if (a.empty() || a[0]->kind != PyObj::Tensor) fail(fmt::format("{} without a tensor", g));
+      return a[0];
+    }
+    if (g == "torch._tensor._rebuild_from_type_v2" || g == "torch._tensor._rebuild_from_type") {
+      // (func, type, args, state): rebuild with func(*args); the subclass type is dropped.
+      if (a.size() < 3) fail(fmt::format("{} with {} arguments", g, a.size()));
+      return call(a[0], a[2]);
+    }
+    if (g == "_codecs.encode" && !a.empty() && a[0]->kind == PyObj::Str) return make_str(PyObj::Bytes, latin1(a[0]->s));
+    if (g == "builtins.set" || g == "builtins.frozenset" || g == "builtins.list") {
+      auto l = make(PyObj::List);
+      if (!a.empty()) l->items = a[0]->items;
+      return l;
+    }
+    return make_str(PyObj::Opaque, g);
+  }
+
+  // Python str -> bytes via latin-1 (how protocol 2 pickles bytes objects: _codecs.encode(s, "latin1")).
+  std::string latin1(const std::string& utf8) {
+    std::string out;
+    for (size_t i = 0; i < utf8.size();) {
+      unsigned char c = utf8[i];
+      if (c < 0x80) out += static_cast<char>(c), i += 1;
+      else if ((c & 0xE0) == 0xC0 && i + 1 < utf8.size())
+        out += static_cast<char>(((c & 0x1F) << 6) | (utf8[i + 1] & 0x3F)), i += 2;
+      else fail("bytes object with characters outside latin-1");
+    }
+    return out;
+  }
+
+  // ('storage', <storage type>, key, location, numel) -> the storage's flat tensor, read from data/<key>.
+  Obj persistent_load(const Obj& pid) {
+    if (pid->kind != PyObj::Tuple || pid->items.size() < 5 || pid->items[0]->kind != PyObj::Str ||
+        pid->items[0]->s != "storage")
+      fail("persistent id is not a ('storage', type, key, location, numel) tuple");
+    const auto& it = pid->items;
+    if (it[1]->kind != PyObj::Global || it[2]->kind != PyObj::Str || it[4]->kind != PyObj::Int)
+      fail("malformed storage persistent id");
+    const std::string& key = it[2]->s;
+    auto cached = storages_.find(key);
+    if (cached != storages_.end()) return cached->second;
+    const std::string type = it[1]->s.substr(it[1]->s.rfind('.') + 1);
+    const StorageType* st = nullptr;
+    for (auto& s : kStorageTypes)
+      if (type == s.name) st = &s;
+    if (!st) fail(fmt::format("storage type {} is not supported (supported: float, double, half, bfloat16 and integer "
+                              "storages)", it[1]->s));
+    const int64_t numel = it[4]->i;
+    const ZipEntry* e = zip_.find(archive_ + "data/" + key);
+    if (!e) fail(fmt::format("storage '{}' has no entry {}data/{} in the archive", key, archive_, key));
+    const uint64_t bytes = static_cast<uint64_t>(numel) * c10::elementSize(st->dtype);
+    if (numel < 0 || e->usize != bytes)
+      fail(fmt::format("storage '{}' holds {} bytes but {} {} elements need {}", key, e->usize, numel, type, bytes));
+    auto t = torch::empty({numel}, torch::TensorOptions().dtype(st->dtype));
+    if (bytes) zip_.read(*e, t.data_ptr());
+    auto o = make_str(PyObj::Storage, key);
+    o->tensor = t;
+    storages_[key] = o;
+    return o;
+  }
+
+  static bool int_tuple(const Obj& o, std::vector<int64_t>* out) {
+    if (o->kind != PyObj::Tuple) return false;
+    for (auto& x : o->items) {
+      if (x->kind != PyObj::Int) return false;
+      out->push_back(x->i);
+    }
+    return true;
+  }
+
+  // _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])
+  Obj rebuild_tensor(const std::vector<Obj>& a) {
+    std::vector<int64_t> size, stride;
+    if (a.size() < 4 || a[0]->kind != PyObj::Storage || a[1]->kind != PyObj::Int || !int_tuple(a[2], &size) ||
+        !int_tuple(a[3], &stride) || size.size() != stride.size())
+      fail("_rebuild_tensor_v2 with unexpected arguments");
+    const torch::Tensor& storage = a[0]->tensor;
+    const int64_t offset = a[1]->i;
+    int64_t last = offset;  // highest element index the view touches
+    bool empty = false;
+    for (size_t k = 0; k < size.size(); ++k) {
+      if (size[k] < 0 || stride[k] < 0) fail("negative size or stride");
+      if (size[k] == 0) empty = true;
+      else last += (size[k] - 1) * stride[k];
+    }
+    if (!empty && (offset < 0 || last >= storage.numel()))
+      fail(fmt::format("tensor view (offset {}, size {}, stride {}) exceeds its storage '{}' of {} elements", offset,
+                       fmt::join(size, "x"), fmt::join(stride, ","), a[0]->s, storage.numel()));
+    auto t = make(PyObj::Tensor);
+    t->tensor = empty ? torch::empty(size, storage.options()) : storage.as_strided(size, stride, offset);
+    return t;
+  }
+
+  const std::string& d_;
+  ZipReader& zip_;
+  std::string archive_, origin_;
+  size_t p_ = 0, op_pos_ = 0;
+  unsigned op_ = 0;
+  std::vector<Obj> stack_;
+  std::vector<size_t> marks_;
+  std::unordered_map<uint64_t, Obj> memo_;
+  std::map<std::string, Obj> storages_;
+};
+
+std::string key_string(const Obj& k) {
+  switch (k->kind) {
+    case PyObj::Str: return k->s;
+    case PyObj::Int: return std::to_string(k->i);
+    case PyObj::Bool: return k->i ? "True" : "False";
+    case PyObj::None: return "None";
+    default: return fmt::format("<{}>", kind_name(k->kind));
+  }
+}
+
+void flatten(const Obj& o, const std::string& name, TorchImport& out) {
+  auto child = [&](const std::string& k) { return name.empty() ? k : name + "." + k; };
+  switch (o->kind) {
+    case PyObj::Tensor: out.tensors.emplace_back(name.empty() ? "tensor" : name, o->tensor); break;
+    case PyObj::Dict:
+      for (auto& [k, v] : o->entries) flatten(v, child(key_string(k)), out);
+      break;
+    case PyObj::List:
+    case PyObj::Tuple:
+      for (size_t i = 0; i < o->items.size(); ++i) flatten(o->items[i], child(std::to_string(i)), out);
+      break;
+    default:
+      out.skipped.push_back(fmt::format("{} ({})", name.empty() ? "<root>" : name,
+                                        o->kind == PyObj::Opaque ? o->s : kind_name(o->kind)));
+  }
+}
+
+}  // namespace
+
+TorchImport import_torch_file(const std::string& path) {
+  ZipReader zip(path);
+  // The pickle is <archive>/data.pkl; the archive folder name is the file's stem when it was written.
+  const ZipEntry* pkl = nullptr;
+  for (auto& e : zip.entries()) {
+    const std::string& n = e.name;
+    if (n == "data.pkl" || (n.size() > 9 && n.compare(n.size() - 9, 9, "/data.pkl") == 0 &&
+                            n.find('/') == n.size() - 9)) {
+      pkl = &e;
+      break;
+    }
+  }
+  if (!pkl) {
+    const bool torchscript = zip.find("constants.pkl") || std::any_of(zip.entries().begin(), zip.entries().end(), [](auto& e) {
+                               return e.name.find("/code/") != std::string::npos;
+                             });
+    zip.fail(torchscript ? "no data.pkl found; this looks like a TorchScript archive (load it with torch::jit::load)"
+                         : "no <archive>/data.pkl entry: not written by torch.save");
+  }
+  const std::string archive = pkl->name.substr(0, pkl->name.size() - 8);
+  if (const ZipEntry* bo = zip.find(archive + "byteorder")) {
+    std::string order = zip.read_string(*bo);
+    if (order != "little")
+      zip.fail(fmt::format("the tensors are stored {}-endian; only little-endian files are supported", order));
+  }
+  const std::string data = zip.read_string(*pkl);
+  Obj root = Unpickler(data, zip, archive, path).run();
+  TorchImport out;
+  flatten(root, "", out);
+  return out;
+}
+
+NamedTensors load_torch_state_dict(const std::string& path, const std::string& select) {
+  TorchImport imp = import_torch_file(path);
+  if (select.empty()) return std::move(imp.tensors);
+  const std::string prefix = select + ".";
+  NamedTensors out;
+  std::vector<std::string> tops;
+  for (auto& [n, t] : imp.tensors) {
+    if (n.rfind(prefix, 0) == 0) out.emplace_back(n.substr(prefix.size()), t);
+    const std::string top = n.substr(0, n.find('.'));
+    if (std::find(tops.begin(), tops.end(), top) == tops.end()) tops.push_back(top);
+  }
+  if (out.empty())
+    throw std::runtime_error(fmt::format("{}: no tensors under '{}'; the file's top-level keys holding tensors are: {}",
+                                         path, select, fmt::join(tops, ", ")));
+  return out;
+}
+
+}  // namespace cm
