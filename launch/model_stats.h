@@ -1,0 +1,43 @@
+// Parameter count, per-image FLOPs and a training-memory estimate of a recipe's network, measured with a
+// shape-only pass (no weights allocated): used by `cm model summary` and `cm plan`.
+#pragma once
+#include <cstdint>
+#include <set>
+#include <string>
+#include "core/network.h"
+
+namespace cm {
+class Config;
+}
+
+namespace cm::cli {
+
+struct OpStats {
+  double conv_macs = 0, linear_macs = 0, attention_macs = 0;  // per image
+  double activation_bytes = 0;                                 // per image, outputs kept for backward (fp32)
+  std::set<std::string> uncounted;  // matmul-like ops whose per-image work the shapes do not determine
+  double macs() const { return conv_macs + linear_macs + attention_macs; }
+};
+
+struct ModelStats {
+  std::string arch;
+  ModelShape shape;
+  int64_t parameters = 0, buffers = 0;
+  OpStats ops;
+};
+
+// The image shape the recipe's network sees (dataset.resolution, channels, num_classes).
+ModelShape model_shape(const Config& cfg);
+// The recipe's network (the model table); `arch` receives model.arch.
+NetworkPtr build_model(const Config& cfg, const ModelShape& shape, std::string* arch = nullptr);
+// Builds the network shape-only and runs one empty batch through it, counting operators.
+ModelStats measure_model(const Config& cfg);
+
+// Bytes per GPU: fp32 weights, gradients, two optimizer moments, `weight_copies` more weight copies (target,
+// sampling EMAs, teacher) and the activations of `batch_per_gpu` images (fp16 halves them).
+struct MemoryEstimate {
+  double weights = 0, gradients = 0, optimizer = 0, copies = 0, activations_per_image = 0, activations = 0, total = 0;
+};
+MemoryEstimate estimate_memory(const ModelStats& s, int64_t batch_per_gpu, int64_t weight_copies, bool fp16);
+
+}  // namespace cm::cli
