@@ -7,6 +7,7 @@
 #include <map>
 #include <stdexcept>
 #include <optional>
+#include <regex>
 #include <thread>
 
 #include "datasets/convert_formats.h"
@@ -74,6 +75,18 @@ std::optional<ShardInfo> reusable_shard(const std::string& path, const DatasetIn
   return std::nullopt;
 }
 
+// Shards of this dataset name cut into a different number of shards can never belong to the new
+// dataset; removing them keeps the directory unambiguous (same-count shards are replaced in place, so
+// parallel workers never delete each other's output).
+void remove_other_shardings(const std::string& dir, const std::string& name, int64_t count) {
+  static const std::regex pat(R"((.+)-\d{5}-of-(\d{5})\.h5)");
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string f = e.path().filename().string();
+    std::smatch m;
+    if (std::regex_match(f, m, pat) && m[1] == name && std::stoll(m[2]) != count) fs::remove(e.path());
+  }
+}
+
 ShardInfo write_shard(Converter& c, const DatasetInfo& info, const std::string& dir, int64_t shard, ThreadPool& pool,
                       Progress& progress) {
   ShardWriter w(dir, info, shard);
@@ -124,6 +137,7 @@ ConvertResult run_conversion(const ConvertOptions& o) {
     // The shards are about to change: a stale manifest must not describe them meanwhile.
     fs::remove(manifest);
   }
+  if (o.overwrite) remove_other_shardings(o.out_dir, info.name, info.shard_count);
 
   const int64_t threads = o.threads > 0 ? o.threads : std::max<int64_t>(1, std::thread::hardware_concurrency());
   ThreadPool pool(int(threads - 1));

@@ -36,8 +36,9 @@ std::vector<std::string> batch_names(const std::string& split) {
 
 int64_t records_in(const std::string& what, uint64_t bytes) {
   if (bytes % kRecord != 0 || bytes == 0)
-    throw std::runtime_error(fmt::format("{}: {} bytes is not a whole number of {}-byte CIFAR-10 records "
-                                         "(truncated or not a CIFAR-10 binary batch)", what, bytes, kRecord));
+    throw std::runtime_error(fmt::format("{}: {} bytes is not a whole number of {}-byte CIFAR-10 records: record {} is "
+                                         "incomplete (truncated, or not a CIFAR-10 binary batch)",
+                                         what, bytes, kRecord, bytes / kRecord));
   return int64_t(bytes / kRecord);
 }
 
@@ -73,7 +74,7 @@ std::vector<Part> parts_from_archive(const std::string& archive, const std::stri
       p.in_archive = true;
       p.name = fmt::format("{}:{}", archive, e.name);
       p.offset = e.data_offset;
-      p.records = records_in(p.name, e.size);
+      p.records = int64_t(e.size);  // bytes for now; records once we know it is a batch we use
       found[fs::path(e.name).filename().string()] = p;
     }
   } catch (const std::runtime_error& err) {
@@ -89,6 +90,7 @@ std::vector<Part> parts_from_archive(const std::string& archive, const std::stri
     if (it == found.end())
       throw std::runtime_error(fmt::format("{}: member {} is missing (not the CIFAR-10 binary release?)", archive, b));
     parts.push_back(it->second);
+    parts.back().records = records_in(parts.back().name, uint64_t(parts.back().records));
   }
   return parts;
 }

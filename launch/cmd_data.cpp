@@ -197,11 +197,13 @@ int cmd_selftest(const std::vector<std::string>& argv) {
   const auto save_path = a.opt("save-cursor");
   std::string text;
   const auto s = loader.shape();
+  auto save_cursor = [&](int64_t k) {
+    if (!save_path || k != save_at || rank != 0) return;
+    auto c = loader.cursor();
+    write_file_atomic(*save_path, fmt::format("{} {} {}\n", c.epoch, c.batch_in_epoch, c.batches_total));
+  };
   for (int64_t k = 0; k < batches; ++k) {
-    if (save_path && k == save_at && rank == 0) {
-      auto c = loader.cursor();
-      write_file_atomic(*save_path, fmt::format("{} {} {}\n", c.epoch, c.batch_in_epoch, c.batches_total));
-    }
+    save_cursor(k);
     const int64_t seq = loader.cursor().batches_total;
     Batch b = loader.next();
     text += fmt::format("batch {}", seq);
@@ -212,6 +214,7 @@ int cmd_selftest(const std::vector<std::string>& argv) {
     }
     text += "\n";
   }
+  save_cursor(batches);
   write_file_atomic(fmt::format("{}.rank{}.txt", *out_prefix, rank), text);
   return 0;
 }
