@@ -5,7 +5,9 @@
 
 #include <filesystem>
 
+#include "core/config.h"
 #include "datasets/convert.h"
+#include "datasets/loader.h"
 #include "support/datasets_fixtures.h"
 
 namespace fs = std::filesystem;
@@ -24,7 +26,7 @@ std::vector<int64_t> histogram(const std::vector<int64_t>& labels) {
 class FashionMnist : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!fs::exists(std::string(kSource) + "/train-images-idx3-ubyte.gz"))
+    if (!fs::exists(fs::path(kSource) / "train-images-idx3-ubyte.gz"))
       FAIL() << kSource << " is missing: install the Debian package dataset-fashion-mnist";
     dir_ = cm::test::make_temp_dir("cm-fmnist");
   }
@@ -77,6 +79,16 @@ TEST_F(FashionMnist, TrainAndTestFromTheDebianPackage) {
         const uint8_t want = inside ? test.images[size_t(i * 784 + (y - 2) * 28 + (x - 2))] : 0;
         ASSERT_EQ(v, want) << "record " << i << " (" << y << ", " << x << ")";
       }
+
+  // The shipped dataset config reads the padded conversion.
+  cm::Config cfg = cm::Config::load_file(cm::test::source_dir() + "/recipes/configs/dataset/fashion_mnist.toml");
+  cfg.set("path", "\"" + dir_ + "/test32\"");
+  cm::ConfigReader r(cfg, "");
+  auto src = cm::make_image_source(r, 0, 1, 100, 0);
+  EXPECT_EQ(src->shape().channels, 1);
+  EXPECT_EQ(src->shape().resolution, 32);
+  cm::Batch b = src->next();
+  EXPECT_EQ(b.x.sizes(), (std::vector<int64_t>{100, 1, 32, 32}));
 }
 
 }  // namespace

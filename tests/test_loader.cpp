@@ -253,4 +253,26 @@ TEST_F(Loader, FactoryReadsTheDatasetTable) {
   }
 }
 
+// The dataset configs shipped in recipes/configs/dataset bind to the loader (every key known, geometry as
+// the converters make it); the data itself is a stand-in of the same geometry.
+TEST_F(Loader, ShippedDatasetConfigsBind) {
+  struct Want {
+    const char* name;
+    int64_t side, classes;
+  };
+  for (Want w : {Want{"cifar10", 32, 10}, Want{"imagenet64", 64, 1000}, Want{"lsun_bedroom256", 256, 0}, Want{"lsun_cat256", 256, 0}}) {
+    const std::string data = dir_ + "/standin-" + w.name;
+    write_index_dataset(data, 24, 2, w.side, w.classes);
+    cm::Config cfg = cm::Config::load_file(cm::test::source_dir() + "/recipes/configs/dataset/" + w.name + ".toml");
+    cfg.set("path", "\"" + data + "\"");
+    cm::ConfigReader r(cfg, "");
+    auto src = cm::make_image_source(r, 0, 1, 8, 0);
+    EXPECT_EQ(src->shape().resolution, w.side) << w.name;
+    EXPECT_EQ(src->shape().channels, 3) << w.name;
+    cm::Batch b = src->next();
+    EXPECT_EQ(b.x.size(2), w.side) << w.name;
+    EXPECT_EQ(b.labels.defined(), std::string(w.name) == "imagenet64") << w.name;
+  }
+}
+
 }  // namespace
