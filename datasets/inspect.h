@@ -29,8 +29,9 @@ struct ReadBench {
   int64_t bytes = 0;
   double seconds = 0, bytes_per_s = 0;
 };
-// Plain sequential read() of the shard files in 4 MiB blocks, for at most `max_seconds`.
-ReadBench bench_raw_read(const std::string& dir, double max_seconds);
+// Plain sequential read() of the shard files in 4 MiB blocks, for at most `max_seconds`; `repeat` reads
+// them again until the time is up (a steadier figure for data sets in the page cache).
+ReadBench bench_raw_read(const std::string& dir, double max_seconds, bool repeat);
 // Asks the kernel to drop the shard files from the page cache (posix_fadvise DONTNEED), for cold-read figures.
 void evict_page_cache(const std::string& dir);
 

@@ -147,7 +147,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
   const bool cold = a.flag("cold");
   auto m = data::read_manifest(dir);
   if (cold) data::evict_page_cache(dir);
-  auto raw = data::bench_raw_read(dir, seconds);
+  auto raw = data::bench_raw_read(dir, seconds, /*repeat=*/!cold);
   if (cold) data::evict_page_cache(dir);
   auto l = data::bench_loader(dir, a.int_or("batch", 256), seconds, a.int_or("threads", 2), a.opt_or("io", "auto"),
                               !a.flag("no-flip"));
