@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 #include <stdexcept>
+#include <vector>
 
 namespace cm::data {
 
@@ -15,16 +16,16 @@ void h5_quiet_errors() {
 }
 
 std::string h5_error_message() {
-  std::string msg;
-  auto walk = [](unsigned n, const H5E_error2_t* e, void* data) -> herr_t {
-    auto* out = static_cast<std::string*>(data);
-    // The innermost entry (n == 0) says what failed at the bottom; the outermost names the API call.
-    if (n == 0 && e->desc) *out = e->desc;
-    if (out->empty() && e->func_name) *out = e->func_name;
+  // The stack runs from the API call (what was attempted) down to the innermost cause; name both.
+  std::vector<std::string> descs;
+  auto walk = [](unsigned, const H5E_error2_t* e, void* data) -> herr_t {
+    static_cast<std::vector<std::string>*>(data)->push_back(e->desc ? e->desc : (e->func_name ? e->func_name : "?"));
     return 0;
   };
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk, &msg);
-  return msg;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk, &descs);
+  if (descs.empty()) return "";
+  if (descs.size() == 1 || descs.front() == descs.back()) return descs.front();
+  return descs.front() + " (" + descs.back() + ")";
 }
 
 void h5_throw(const std::string& where) {

@@ -9,10 +9,12 @@
 // restoring it continues exactly, on any world size.
 //
 // Threads (why): one I/O thread per loader reads the batch's images, because the serial HDF5 library
-// serializes every call anyway; when HDF5 confirms that a shard's chunks lie at a fixed stride
-// (ShardReader::direct_offset) the thread reads with pread and no HDF5 call at all. A small pool converts
-// uint8 HWC to float NCHW in [-1, 1] (and flips) off the I/O thread. Up to `prefetch` batches are in
-// flight. On CUDA the batch is assembled in pinned memory and copied with non_blocking=true.
+// serializes every call anyway. When HDF5 confirms at start-up that a shard's chunks lie at a fixed
+// stride (ShardReader::direct_offset), the shard is memory-mapped instead and the I/O thread only brings
+// the batch's pages into memory (and asks for the next batch's while data comes from disk): no HDF5 call
+// and no system call per image on the hot path. A small pool converts uint8 HWC to float NCHW in
+// [-1, 1] (and flips) off the I/O thread. Up to `prefetch` batches are in flight. On CUDA the batch is
+// assembled in pinned memory and copied with non_blocking=true.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -66,7 +68,7 @@ class ShardedLoader : public DataSource {
   const Manifest& manifest() const;
   int64_t batches_per_epoch() const;
   int64_t local_batch() const;
-  bool direct_io() const;  // true when every shard is read with pread
+  bool direct_io() const;  // true when every shard is read from a memory mapping (no HDF5 calls)
 
   struct Impl;
 

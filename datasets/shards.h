@@ -10,7 +10,7 @@
 // Why one chunk per image and no compression: the loader reads single images in a random global order;
 // a bigger chunk would be read whole for each of its images, and pixels barely compress losslessly.
 // Why the file format is pinned to HDF5 1.10 (fixed-array chunk index, early allocation): the chunks then
-// lie in record order at fixed stride, so the loader can read an image with one pread at
+// lie in record order at fixed stride, so the loader can read image i from a memory mapping at
 // offset + i * image_bytes once HDF5 has confirmed that layout (ShardReader::direct_offset).
 #pragma once
 #include <cstdint>
