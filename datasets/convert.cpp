@@ -36,6 +36,7 @@ const std::map<std::string, Converter (*)(const ConvertOptions&)>& registry() {
       {"lsun", make_lsun_converter},
       {"folder", make_folder_converter},
       {"fashion-mnist", make_idx_converter},
+      {"fashion_mnist", make_idx_converter},
       {"mnist", make_idx_converter},
   };
   return r;

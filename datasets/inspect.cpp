@@ -113,7 +113,7 @@ std::vector<std::string> shard_paths(const std::string& dir) {
 LoaderBench bench_loader(const std::string& dir, int64_t batch, double seconds, int64_t threads, const std::string& io,
                          bool flip) {
   LoaderOptions o;
-  o.path = dir;
+  o.dir = dir;
   o.global_batch = batch;
   o.threads = threads;
   o.io = io;

@@ -209,7 +209,7 @@ struct ShardedLoader::Impl {
 };
 
 void ShardedLoader::Impl::open_dataset() {
-  man = read_manifest(o.path);
+  man = read_manifest(o.dir);
   const auto& d = man.info;
   with_labels = o.labels && d.labelled();
   n = d.total_records;
@@ -221,7 +221,7 @@ void ShardedLoader::Impl::open_dataset() {
   bool all_direct = o.io != "hdf5";
   std::vector<std::optional<int64_t>> direct_offsets;
   for (const auto& e : man.shards) {
-    const std::string path = (fs::path(o.path) / e.file).string();
+    const std::string path = (fs::path(o.dir) / e.file).string();
     ShardReader r(path);
     r.check_against(man);
     shard_first.push_back(e.first_record);
@@ -255,7 +255,7 @@ void ShardedLoader::Impl::open_dataset() {
 // image; from a mapping the conversion threads read the pixels in place, and madvise(WILLNEED) one
 // batch ahead keeps cold reads in flight in parallel.
 void ShardedLoader::Impl::map_shard(size_t i, int64_t offset) {
-  const std::string path = (fs::path(o.path) / man.shards[i].file).string();
+  const std::string path = (fs::path(o.dir) / man.shards[i].file).string();
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw std::runtime_error(fmt::format("cannot open shard '{}': {}", path, std::strerror(errno)));
   struct stat st {};
@@ -297,7 +297,7 @@ void ShardedLoader::Impl::populate(int64_t index) {
   if (can_populate) {
     if (::madvise(p, len, MADV_POPULATE_READ) == 0) return;
     if (errno != EINVAL && errno != ENOMEM)  // EFAULT / EIO: the file is shorter than mapped or unreadable
-      throw std::runtime_error(fmt::format("{}: reading record {} failed: {}", (fs::path(o.path) / man.shards[s].file).string(),
+      throw std::runtime_error(fmt::format("{}: reading record {} failed: {}", (fs::path(o.dir) / man.shards[s].file).string(),
                                            local_index, std::strerror(errno)));
     can_populate = false;  // kernel before 5.14: touch the pages instead
   }
@@ -481,7 +481,7 @@ ShardedLoader::ShardedLoader(LoaderOptions o) : impl_(std::make_unique<Impl>()) 
   m.local = m.batch / m.o.world;
   m.per_epoch = m.n / m.batch;
   if (m.per_epoch < 1)
-    throw std::invalid_argument(fmt::format("{}: {} records are fewer than one global batch of {}", m.o.path, m.n, m.batch));
+    throw std::invalid_argument(fmt::format("{}: {} records are fewer than one global batch of {}", m.o.dir, m.n, m.batch));
   m.pool = std::make_unique<ThreadPool>(int(m.o.threads));
   m.slots.resize(size_t(m.o.prefetch));
   m.start(0);
@@ -532,7 +532,7 @@ void ShardedLoader::restore(const DataCursor& c) {
     throw std::runtime_error(fmt::format(
         "data cursor (epoch {}, batch {}, total {}) does not fit {} batches per epoch of {}: the checkpoint was made with "
         "another dataset or global batch size",
-        c.epoch, c.batch_in_epoch, c.batches_total, m.per_epoch, m.o.path));
+        c.epoch, c.batch_in_epoch, c.batches_total, m.per_epoch, m.o.dir));
   m.stop_pipeline();
   m.start(c.batches_total);
 }
@@ -551,7 +551,7 @@ std::string ShardedLoader::describe() const {
   const auto& d = m.man.info;
   return fmt::format("hdf5 {} ({}): {} images {}x{}x{}, {} classes{}, {} shards, rank {}/{}, batch {} ({} per rank), "
                      "{} batches/epoch, {} I/O, flip {}",
-                     d.name, m.o.path, d.total_records, d.height, d.width, d.channels, d.num_classes,
+                     d.name, m.o.dir, d.total_records, d.height, d.width, d.channels, d.num_classes,
                      m.with_labels ? "" : " (labels unused)", m.man.shards.size(), m.o.rank, m.o.world, m.batch, m.local,
                      m.per_epoch, m.direct ? "direct" : "HDF5", m.o.random_flip ? "on" : "off");
 }
@@ -571,11 +571,12 @@ std::unique_ptr<DataSource> make_image_source(ConfigReader& cfg, int64_t rank, i
                                               uint64_t seed, torch::Device device) {
   data::LoaderOptions o;
   cfg.allow({"kind", "name"});
-  o.path = cfg.require_string("path");
+  o.dir = cfg.require_string("path");
+  o.labels = cfg.get_bool("class_cond", false);
   const int64_t resolution = cfg.get_int("resolution", 0);
   const int64_t channels = cfg.get_int("channels", 0);
   const int64_t num_classes = cfg.get_int("num_classes", 0);
-  o.random_flip = cfg.get_bool("random_flip", true);
+  o.random_flip = cfg.get_bool("random_flip", false);  // as Recipe::bind; the paper configs set it
   o.threads = cfg.get_int("loader_threads", 2);
   o.prefetch = cfg.get_int("prefetch", 4);
   o.io = cfg.get_choice("io", "auto", {"auto", "direct", "hdf5"});
@@ -585,17 +586,19 @@ std::unique_ptr<DataSource> make_image_source(ConfigReader& cfg, int64_t rank, i
   o.global_batch = global_batch;
   o.seed = seed;
   o.device = device;
-  o.labels = num_classes > 0;
-  // The config's geometry is a promise about the data: check it before any shard is opened.
-  const data::Manifest m = data::read_manifest(o.path);
+  // The config's description of the data is a promise: check it before any shard is opened.
+  const data::Manifest m = data::read_manifest(o.dir);
   auto mismatch = [&](const std::string& key, int64_t want, int64_t have) {
     return ConfigError(fmt::format("{}: the config says {} but the dataset in '{}' has {}{}", cfg.key_path(key), want,
-                                   o.path, have, " (fix the config or convert the dataset again)"));
+                                   o.dir, have, " (fix the config or convert the dataset again)"));
   };
   if (resolution && (resolution != m.info.height || resolution != m.info.width))
     throw mismatch("resolution", resolution, m.info.height);
   if (channels && channels != m.info.channels) throw mismatch("channels", channels, m.info.channels);
-  if (num_classes > 0 && num_classes != m.info.num_classes) throw mismatch("num_classes", num_classes, m.info.num_classes);
+  if (num_classes && num_classes != m.info.num_classes) throw mismatch("num_classes", num_classes, m.info.num_classes);
+  if (o.labels && !m.info.labelled())
+    throw ConfigError(fmt::format("{}: class-conditional training needs labels, and the dataset in '{}' has none",
+                                  cfg.key_path("class_cond"), o.dir));
   return std::make_unique<data::ShardedLoader>(o);
 }
 

@@ -33,12 +33,12 @@ class ConfigReader;
 namespace cm::data {
 
 struct LoaderOptions {
-  std::string path;  // dataset directory holding manifest.toml
-  int64_t rank = 0, world = 1;
+  std::string dir;           // dataset directory holding manifest.json
   int64_t global_batch = 0;  // must be a multiple of world
+  int64_t rank = 0, world = 1;
   uint64_t seed = 0;
   bool random_flip = true;
-  bool labels = true;       // return labels (only if the dataset has them)
+  bool labels = false;      // return labels (class-conditional training; only if the dataset has them)
   int64_t threads = 2;      // conversion workers
   int64_t prefetch = 4;     // batches in flight
   std::string io = "auto";  // auto (direct where possible) | direct (required) | hdf5 (always through HDF5)
@@ -77,13 +77,17 @@ class ShardedLoader : public DataSource {
 };
 
 // The image source of a `dataset` config table (kind = "hdf5"): keys
-//   path (required), resolution / channels (checked against the manifest when given), num_classes
-//   (0 = unconditional: no labels; > 0 must equal the dataset's), random_flip (default true),
+//   path (required), class_cond (false: no labels, unconditional), resolution / channels / num_classes
+//   (describe the data; checked against the manifest when given), random_flip (default false, as Recipe::bind),
 //   loader_threads (2), prefetch (4), io ("auto"), name (free text).
 // Reads every key it knows and calls finish(), so unknown keys are errors naming their path.
 }  // namespace cm::data
 
 namespace cm {
+// The trainer's names for the loader (recipes/recipe.cpp builds it from LoaderOptions).
+using data::LoaderOptions;
+using data::ShardedLoader;
+
 std::unique_ptr<DataSource> make_image_source(ConfigReader& dataset_cfg, int64_t rank, int64_t world, int64_t global_batch,
                                               uint64_t seed, torch::Device device = torch::kCPU);
 }  // namespace cm

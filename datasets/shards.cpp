@@ -12,10 +12,9 @@
 #include <fmt/format.h>
 #include <map>
 #include <regex>
-#include <sstream>
 #include <stdexcept>
-#include <toml++/toml.h>
 
+#include "core/json.h"
 #include "core/safetensors.h"
 #include "datasets/h5util.h"
 
@@ -393,29 +392,25 @@ std::pair<uint32_t, uint32_t> ShardReader::compute_checksums() const {
 
 // ------------------------------------------------------------------------------------------ manifest
 
-static std::string toml_quote(const std::string& s) {
-  std::ostringstream os;
-  os << toml::value<std::string>(s);
-  return os.str();
-}
-
 void write_manifest(const std::string& dir, const Manifest& man) {
   const auto& d = man.info;
-  std::string t;
-  t += "# Dataset manifest written by `cm data convert` / `cm data manifest`; `cm data verify` checks it.\n";
-  t += fmt::format("format = {}\nformat_version = {}\n", toml_quote(kShardFormat), kShardFormatVersion);
-  t += fmt::format("name = {}\nsource_format = {}\nsource = {}\npreprocessing = {}\npaper_preprocessing = {}\n",
-                   toml_quote(d.name), toml_quote(d.source_format), toml_quote(d.source), toml_quote(d.preprocessing),
-                   d.paper_preprocessing);
-  t += fmt::format("height = {}\nwidth = {}\nchannels = {}\nnum_classes = {}\ntotal_records = {}\nshard_count = {}\n",
+  auto q = [](const std::string& v) { return "\"" + json_escape(v) + "\""; };
+  std::string t = "{\n";
+  t += fmt::format("  \"format\": {},\n  \"format_version\": {},\n", q(kShardFormat), kShardFormatVersion);
+  t += fmt::format("  \"name\": {},\n  \"source_format\": {},\n  \"source\": {},\n  \"preprocessing\": {},\n"
+                   "  \"paper_preprocessing\": {},\n",
+                   q(d.name), q(d.source_format), q(d.source), q(d.preprocessing), d.paper_preprocessing);
+  t += fmt::format("  \"height\": {},\n  \"width\": {},\n  \"channels\": {},\n  \"num_classes\": {},\n"
+                   "  \"total_records\": {},\n  \"shard_count\": {},\n  \"checksum\": \"crc32\",\n  \"shards\": [\n",
                    d.height, d.width, d.channels, d.num_classes, d.total_records, d.shard_count);
-  t += "checksum = \"crc32\"\n";
-  for (const auto& s : man.shards) {
-    t += fmt::format(
-        "\n[[shards]]\nfile = {}\nfirst_record = {}\nrecords = {}\nimages_crc32 = \"{}\"\nlabels_crc32 = \"{}\"\n"
-        "file_bytes = {}\n",
-        toml_quote(s.file), s.first_record, s.records, crc_hex(s.images_crc32), crc_hex(s.labels_crc32), s.file_bytes);
+  for (size_t i = 0; i < man.shards.size(); ++i) {
+    const auto& s = man.shards[i];
+    t += fmt::format("    {{\"file\": {}, \"first_record\": {}, \"records\": {}, \"images_crc32\": \"{}\", "
+                     "\"labels_crc32\": \"{}\", \"file_bytes\": {}}}{}\n",
+                     q(s.file), s.first_record, s.records, crc_hex(s.images_crc32), crc_hex(s.labels_crc32), s.file_bytes,
+                     i + 1 < man.shards.size() ? "," : "");
   }
+  t += "  ]\n}\n";
   write_file_atomic((fs::path(dir) / kManifestName).string(), t);
 }
 
@@ -425,70 +420,60 @@ Manifest read_manifest(const std::string& dir) {
     throw std::runtime_error(fmt::format("'{}' has no {}: not a converted dataset, or its conversion did not finish "
                                          "(run `cm data convert`, or `cm data manifest {}` after parallel workers)",
                                          dir, kManifestName, dir));
-  toml::table t;
-  try {
-    t = toml::parse_file(path);
-  } catch (const toml::parse_error& e) {
-    throw std::runtime_error(fmt::format("{}: {}", path, e.description()));
-  }
-  auto need = [&](const toml::table& tab, const char* key, const std::string& ctx) -> const toml::node& {
-    const toml::node* n = tab.get(key);
-    if (!n) throw std::runtime_error(fmt::format("{}: key '{}{}' is missing", path, ctx, key));
-    return *n;
+  const Json j = parse_json(read_file(path), path);
+  auto str = [&](const Json& o, const char* key) {
+    const Json& v = o.at(key, path);
+    if (v.kind != Json::Str) throw std::runtime_error(fmt::format("{}: '{}' must be a string", path, key));
+    return v.str;
   };
-  auto str = [&](const toml::table& tab, const char* key, const std::string& ctx = "") {
-    auto v = need(tab, key, ctx).value<std::string>();
-    if (!v) throw std::runtime_error(fmt::format("{}: key '{}{}' must be a string", path, ctx, key));
-    return *v;
+  auto num = [&](const Json& o, const char* key) {
+    const Json& v = o.at(key, path);
+    if (v.kind != Json::Num || double(v.integer) != v.num)
+      throw std::runtime_error(fmt::format("{}: '{}' must be an integer", path, key));
+    return v.integer;
   };
-  auto num = [&](const toml::table& tab, const char* key, const std::string& ctx = "") {
-    auto v = need(tab, key, ctx).value<int64_t>();
-    if (!v) throw std::runtime_error(fmt::format("{}: key '{}{}' must be an integer", path, ctx, key));
-    return *v;
-  };
-  auto crc = [&](const toml::table& tab, const char* key, const std::string& ctx) {
-    std::string s = str(tab, key, ctx);
+  auto crc = [&](const Json& o, const char* key) {
+    const std::string h = str(o, key);
     char* end = nullptr;
-    unsigned long v = std::strtoul(s.c_str(), &end, 16);
-    if (s.size() != 8 || *end) throw std::runtime_error(fmt::format("{}: '{}{}' must be 8 hex digits", path, ctx, key));
+    const unsigned long v = std::strtoul(h.c_str(), &end, 16);
+    if (h.size() != 8 || *end) throw std::runtime_error(fmt::format("{}: '{}' must be 8 hex digits", path, key));
     return uint32_t(v);
   };
-  if (str(t, "format") != kShardFormat || num(t, "format_version") != kShardFormatVersion)
-    throw std::runtime_error(fmt::format("{}: format '{}' version {} is not '{}' version {}", path, str(t, "format"),
-                                         num(t, "format_version"), kShardFormat, kShardFormatVersion));
+  if (str(j, "format") != kShardFormat || num(j, "format_version") != kShardFormatVersion)
+    throw std::runtime_error(fmt::format("{}: format '{}' version {} is not '{}' version {} (convert the dataset again)", path,
+                                         str(j, "format"), num(j, "format_version"), kShardFormat, kShardFormatVersion));
   Manifest m;
   auto& d = m.info;
-  d.name = str(t, "name");
-  d.source_format = str(t, "source_format");
-  d.source = str(t, "source");
-  d.preprocessing = str(t, "preprocessing");
-  d.paper_preprocessing = need(t, "paper_preprocessing", "").value_or(true);
-  d.height = num(t, "height");
-  d.width = num(t, "width");
-  d.channels = num(t, "channels");
-  d.num_classes = num(t, "num_classes");
-  d.total_records = num(t, "total_records");
-  d.shard_count = num(t, "shard_count");
-  const toml::array* arr = t["shards"].as_array();
-  if (!arr || int64_t(arr->size()) != d.shard_count)
-    throw std::runtime_error(fmt::format("{}: expected {} [[shards]] entries, found {}", path, d.shard_count,
-                                         arr ? arr->size() : 0));
+  d.name = str(j, "name");
+  d.source_format = str(j, "source_format");
+  d.source = str(j, "source");
+  d.preprocessing = str(j, "preprocessing");
+  const Json& paper = j.at("paper_preprocessing", path);
+  if (paper.kind != Json::Bool) throw std::runtime_error(fmt::format("{}: 'paper_preprocessing' must be true or false", path));
+  d.paper_preprocessing = paper.b;
+  d.height = num(j, "height");
+  d.width = num(j, "width");
+  d.channels = num(j, "channels");
+  d.num_classes = num(j, "num_classes");
+  d.total_records = num(j, "total_records");
+  d.shard_count = num(j, "shard_count");
+  const Json& arr = j.at("shards", path);
+  if (arr.kind != Json::Arr || int64_t(arr.arr.size()) != d.shard_count)
+    throw std::runtime_error(fmt::format("{}: expected {} shard entries, found {}", path, d.shard_count, arr.arr.size()));
   int64_t next = 0;
-  for (size_t i = 0; i < arr->size(); ++i) {
-    const toml::table* e = (*arr)[i].as_table();
-    const std::string ctx = fmt::format("shards[{}].", i);
-    if (!e) throw std::runtime_error(fmt::format("{}: shards[{}] is not a table", path, i));
+  for (size_t i = 0; i < arr.arr.size(); ++i) {
+    const Json& e = arr.arr[i];
     ShardInfo s;
     s.index = int64_t(i);
-    s.file = str(*e, "file", ctx);
-    s.first_record = num(*e, "first_record", ctx);
-    s.records = num(*e, "records", ctx);
-    s.images_crc32 = crc(*e, "images_crc32", ctx);
-    s.labels_crc32 = crc(*e, "labels_crc32", ctx);
-    s.file_bytes = num(*e, "file_bytes", ctx);
+    s.file = str(e, "file");
+    s.first_record = num(e, "first_record");
+    s.records = num(e, "records");
+    s.images_crc32 = crc(e, "images_crc32");
+    s.labels_crc32 = crc(e, "labels_crc32");
+    s.file_bytes = num(e, "file_bytes");
     if (s.first_record != next || s.records <= 0)
-      throw std::runtime_error(fmt::format("{}: {}first_record {} / records {} do not follow the previous shard (next record {})",
-                                           path, ctx, s.first_record, s.records, next));
+      throw std::runtime_error(fmt::format("{}: shards[{}] first_record {} / records {} do not follow the previous shard "
+                                           "(next record {})", path, i, s.first_record, s.records, next));
     next += s.records;
     m.shards.push_back(s);
   }

@@ -1,4 +1,4 @@
-// The on-disk dataset: HDF5 shards NAME-00003-of-00016.h5 and a manifest.toml beside them.
+// The on-disk dataset: HDF5 shards NAME-00003-of-00016.h5 and a manifest.json beside them.
 //
 // A shard holds /images uint8 [N, H, W, C] (one chunk per image, unfiltered) and, when labelled,
 // /labels int64 [N]. Its root group carries the attributes below (format name + version, the record
@@ -24,7 +24,7 @@ namespace cm::data {
 
 inline constexpr const char* kShardFormat = "cm-image-shards";
 inline constexpr int64_t kShardFormatVersion = 1;
-inline constexpr const char* kManifestName = "manifest.toml";
+inline constexpr const char* kManifestName = "manifest.json";
 
 // What the whole dataset is; the same in every shard and in the manifest.
 struct DatasetInfo {

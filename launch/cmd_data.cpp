@@ -17,10 +17,11 @@ namespace {
 const char* kHelp = R"(Usage: cm data SUBCOMMAND ...
 
   convert FORMAT SRC OUT_DIR --shards N [options]
-      Convert a published dataset into N shards OUT_DIR/NAME-00000-of-0000N.h5 plus OUT_DIR/manifest.toml.
+      Convert a published dataset into N shards OUT_DIR/NAME-00000-of-0000N.h5 plus OUT_DIR/manifest.json.
       FORMAT   SRC
       cifar10         cifar-10-binary.tar.gz, or the extracted cifar-10-batches-bin/ (--split train|test)
-      fashion-mnist   folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (also: mnist); --pad 32
+      fashion-mnist   folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (also: fashion_mnist,
+                      mnist); --pad 32 (or --pad-to 32) zero-pads 28x28 to 32x32
       imagenet        ILSVRC2012 train folder (WNID subfolders or nXXXXXXXX_*.JPEG); center_crop_arr to
                       --resolution (64) as the paper's reference code
       imagenet64-npz  folder with train_data_batch_1..10.npz / val_data.npz (downsampled release; not the
@@ -32,7 +33,7 @@ const char* kHelp = R"(Usage: cm data SUBCOMMAND ...
                --worker I/N  (this process writes shards I, I+N, ...; then run `cm data manifest OUT_DIR`)
                --threads T   --limit K (first K records)   --overwrite   --resume (keep finished shards)   --quiet
   manifest DIR [--name NAME]
-      Write DIR/manifest.toml from the shards' own attributes (after `convert --worker` processes).
+      Write DIR/manifest.json from the shards' own attributes (after `convert --worker` processes).
   verify DIR
       Check every shard against the manifest: shapes, counts, sizes, CRC32 of images and labels.
   show DIR --out grid.png [--count 64] [--cols 8] [--seed 0]
@@ -65,8 +66,8 @@ std::vector<std::string> need_positional(const Args& a, size_t n, const char* us
 
 int cmd_convert(const std::vector<std::string>& argv) {
   Args a(argv, {"overwrite", "resume", "quiet"});
-  a.check_known({"shards", "split", "name", "resolution", "channels", "pad", "resize", "worker", "threads", "limit",
-                 "overwrite", "resume", "quiet"});
+  a.check_known({"shards", "split", "name", "resolution", "channels", "pad", "pad-to", "resize", "worker", "threads",
+                 "limit", "overwrite", "resume", "quiet"});
   auto p = need_positional(a, 4, "convert FORMAT SRC OUT_DIR --shards N");
   data::ConvertOptions o;
   o.format = p[1];
@@ -78,7 +79,7 @@ int cmd_convert(const std::vector<std::string>& argv) {
   o.name = a.opt_or("name", "");
   o.resolution = a.int_or("resolution", 0);
   o.channels = a.int_or("channels", 0);
-  o.pad_to = a.int_or("pad", 0);
+  o.pad_to = a.int_or("pad", a.int_or("pad-to", 0));
   o.resize = a.opt_or("resize", "");
   o.threads = a.int_or("threads", 0);
   o.limit = a.int_or("limit", 0);
@@ -176,7 +177,8 @@ int cmd_selftest(const std::vector<std::string>& argv) {
   }
   auto [rank, world] = launcher_rank();
   data::LoaderOptions o;
-  o.path = p[2];
+  o.dir = p[2];
+  o.labels = true;
   o.rank = rank;
   o.world = world;
   o.global_batch = a.int_or("batch", 0);

@@ -47,7 +47,7 @@ class Convert : public ::testing::Test {
     }
     // Nothing that looks complete is left behind: no manifest, no temporary files.
     if (fs::exists(o.out_dir)) {
-      EXPECT_FALSE(fs::exists(o.out_dir + "/manifest.toml"));
+      EXPECT_FALSE(fs::exists(o.out_dir + "/manifest.json"));
       for (auto& e : fs::directory_iterator(o.out_dir))
         EXPECT_EQ(e.path().string().find(".tmp-"), std::string::npos) << e.path();
     }

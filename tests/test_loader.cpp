@@ -53,12 +53,13 @@ class Loader : public ::testing::Test {
 
   static LoaderOptions options(int64_t rank, int64_t world, bool flip = true) {
     LoaderOptions o;
-    o.path = dir_ + "/data";
+    o.dir = dir_ + "/data";
     o.rank = rank;
     o.world = world;
     o.global_batch = kBatch;
     o.seed = 42;
     o.random_flip = flip;
+    o.labels = true;
     o.threads = 2;
     o.prefetch = 3;
     return o;
@@ -204,7 +205,7 @@ TEST_F(Loader, BadShardsStopItAtStartUpWithTheirName) {
   };
   auto expect_error = [&](const std::string& d, const std::string& needle) {
     LoaderOptions o = options(0, 1);
-    o.path = d;
+    o.dir = d;
     try {
       ShardedLoader l(o);
       ADD_FAILURE() << d << ": loader started";
@@ -223,8 +224,8 @@ TEST_F(Loader, BadShardsStopItAtStartUpWithTheirName) {
   fs::copy_file(base + "-other/index-00000-of-00003.h5", d + "/index-00000-of-00003.h5", fs::copy_options::overwrite_existing);
   expect_error(d, "index-00000-of-00003.h5");
   d = fresh("nomanifest");
-  fs::remove(d + "/manifest.toml");
-  expect_error(d, "manifest.toml");
+  fs::remove(d + "/manifest.json");
+  expect_error(d, "manifest.json");
 }
 
 TEST_F(Loader, FactoryReadsTheDatasetTable) {
@@ -233,7 +234,7 @@ TEST_F(Loader, FactoryReadsTheDatasetTable) {
     cm::ConfigReader r(cfg, "dataset");
     return cm::make_image_source(r, 1, 2, kBatch, 42);
   };
-  auto src = make("resolution = 8\nchannels = 3\nnum_classes = 10\nrandom_flip = false\nloader_threads = 1\n");
+  auto src = make("resolution = 8\nchannels = 3\nnum_classes = 10\nclass_cond = true\nrandom_flip = false\nloader_threads = 1\n");
   EXPECT_EQ(src->shape().resolution, kSide);
   EXPECT_EQ(src->shape().channels, 3);
   EXPECT_EQ(src->shape().num_classes, 10);
@@ -241,7 +242,7 @@ TEST_F(Loader, FactoryReadsTheDatasetTable) {
   cm::Batch b = src->next();
   EXPECT_EQ(b.x.size(0), kBatch / 2);
   EXPECT_TRUE(b.labels.defined());
-  EXPECT_EQ(make("")->shape().num_classes, 0);  // unconditional unless asked
+  EXPECT_EQ(make("num_classes = 10\n")->shape().num_classes, 0);  // unconditional unless class_cond
   for (auto [extra, needle] : {std::pair{"resolution = 32\n", "dataset.resolution"}, {"num_classes = 100\n", "dataset.num_classes"},
                                {"random_flips = true\n", "random_flips"}, {"io = \"mmap\"\n", "dataset.io"}}) {
     try {
