@@ -11,6 +11,7 @@
 #include "core/config.h"
 #include "datasets/inspect.h"
 #include "datasets/loader.h"
+#include "recipes/recipe.h"
 #include "support/datasets_fixtures.h"
 
 namespace fs = std::filesystem;
@@ -252,6 +253,43 @@ TEST_F(Loader, FactoryReadsTheDatasetTable) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
   }
+}
+
+// What the trainer gets: a recipe whose dataset is an HDF5 directory, built by build_data for rank r of
+// W, streams the same global batches (order, flips, labels) as the loader itself, for W = 1, 2, 3, across
+// an epoch boundary, and resumes from a cursor through the DataSource interface.
+TEST_F(Loader, RecipeBuildsTheSameStreamOnEveryWorldSize) {
+  const int64_t count = kPerEpoch + 7;
+  const auto want = run(1, count);
+  auto recipe = [&] {
+    return cm::Recipe::bind(cm::Config::compose("toy_ct", {"dataset.kind=\"hdf5\"", fmt::format("+dataset.path=\"{}/data\"", dir_),
+                                                           "+dataset.random_flip=true", "+dataset.class_cond=true",
+                                                           "+dataset.loader_threads=1", fmt::format("train.batch={}", kBatch),
+                                                           "train.seed=42"}),
+                            "hdf5_test");
+  };
+  const cm::Recipe r = recipe();
+  for (int64_t world : {1, 2, 3}) {
+    std::vector<std::unique_ptr<cm::DataSource>> ranks;
+    for (int64_t k = 0; k < world; ++k) ranks.push_back(cm::build_data(r, k, world));
+    EXPECT_EQ(ranks[0]->shape().num_classes, 10);
+    EXPECT_EQ(ranks[0]->shape().resolution, kSide);
+    for (int64_t k = 0; k < count; ++k) {
+      GlobalBatch g;
+      for (auto& src : ranks) {
+        auto part = decode(src->next());
+        g.insert(g.end(), part.begin(), part.end());
+      }
+      ASSERT_EQ(g, want[size_t(k)]) << "world " << world << " batch " << k;
+    }
+    EXPECT_EQ(ranks[0]->cursor().batches_total, count);
+    EXPECT_EQ(ranks[0]->cursor().epoch, 1);
+  }
+  auto src = cm::build_data(r, 0, 1);
+  cm::DataCursor c;
+  c.epoch = 0, c.batch_in_epoch = kPerEpoch - 2, c.batches_total = kPerEpoch - 2;
+  src->restore(c);
+  for (int64_t k = kPerEpoch - 2; k < count; ++k) ASSERT_EQ(decode(src->next()), want[size_t(k)]) << "batch " << k;
 }
 
 // The dataset configs shipped in recipes/configs/dataset bind to the loader (every key known, geometry as
