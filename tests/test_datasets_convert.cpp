@@ -445,6 +445,29 @@ TEST_F(Convert, VerifyFindsDamagedShards) {
   EXPECT_NE(out.find("cifar10-train-00002-of-00003.h5"), std::string::npos) << out;
 }
 
+// An interrupted writer (destroyed before commit) leaves no file behind; commit() refuses a short shard.
+TEST_F(Convert, UnfinishedShardLeavesNothing) {
+  DatasetInfo info;
+  info.name = "x";
+  info.height = info.width = 2;
+  info.channels = 1;
+  info.total_records = 2;
+  info.shard_count = 1;
+  fs::create_directories(path("w"));
+  const uint8_t px[4] = {1, 2, 3, 4};
+  {
+    ShardWriter w(path("w"), info, 0);
+    w.append(px, nullptr, 1);
+  }
+  EXPECT_TRUE(fs::is_empty(path("w")));
+  {
+    ShardWriter w(path("w"), info, 0);
+    w.append(px, nullptr, 1);
+    EXPECT_ANY_THROW(w.commit());  // one record of two
+  }
+  EXPECT_TRUE(fs::is_empty(path("w")));
+}
+
 TEST_F(Convert, ShowWritesAGridAndOverwriteIsGuarded) {
   cm::test::run_python(dir_, kCifarScript);
   int rc;
