@@ -64,10 +64,15 @@ TEST_F(FashionMnist, TrainAndTestFromTheDebianPackage) {
             (std::vector<int64_t>{9, 2, 1, 1, 6, 1, 4, 6, 5, 7}));
   EXPECT_EQ(crc_hex(test.manifest.shards[0].images_crc32), "12728439");
 
-  // Padded to 32x32: a zero border of two pixels around the same 28x28 pixels.
-  auto o = options("test", 2, "test32");
-  o.pad_to = 32;
-  run_conversion(o);
+  // Padded to 32x32 through the README's command line: a zero border of two pixels around the same
+  // 28x28 pixels.
+  std::string out;
+  ASSERT_EQ(cm::test::run_command(cm::test::cm_binary() + " data convert fashion_mnist " + kSource + " " + dir_ +
+                                      "/test32 --split test --shards 2 --pad-to 32 --quiet",
+                                  &out),
+            0)
+      << out;
+  ASSERT_EQ(cm::test::run_command(cm::test::cm_binary() + " data verify " + dir_ + "/test32", &out), 0) << out;
   auto padded = cm::test::read_dataset(dir_ + "/test32");
   EXPECT_EQ(padded.manifest.info.height, 32);
   EXPECT_EQ(padded.labels, test.labels);

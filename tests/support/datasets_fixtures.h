@@ -87,9 +87,12 @@ inline std::pair<int, int64_t> max_diff(const std::vector<uint8_t>& a, const std
   return {m, n};
 }
 
-// `mpiexec` with the flags a test run needs (oversubscribe; root allowed when running as root).
+// `mpiexec` with the flags a test run needs (oversubscribe; root allowed when running as root). The vader
+// BTL's single-copy mechanism needs ptrace rights that containers often lack, so it is turned off; the
+// timeout keeps a hung job from hanging the test (as in test_distributed.cpp).
 inline std::string mpirun(int np) {
-  std::string cmd = mpiexec() + " -np " + std::to_string(np) + " --oversubscribe";
+  std::string cmd = "OMPI_MCA_btl_vader_single_copy_mechanism=none timeout 300 " + mpiexec() + " -np " + std::to_string(np) +
+                    " --oversubscribe --bind-to none";
   if (::geteuid() == 0) cmd += " --allow-run-as-root";
   return cmd;
 }
