@@ -70,7 +70,8 @@ int cmd_convert(const std::vector<std::string>& argv) {
                  "limit", "overwrite", "resume", "quiet"});
   auto p = need_positional(a, 4, "convert FORMAT SRC OUT_DIR --shards N");
   data::ConvertOptions o;
-  o.format = p[1];
+  // main's spelling (README) names the same converter; one name keeps shard names and source_format stable.
+  o.format = p[1] == "fashion_mnist" ? "fashion-mnist" : p[1];
   o.src = p[2];
   o.out_dir = p[3];
   if (!a.opt("shards")) throw std::invalid_argument("--shards N is required");
