@@ -1,320 +1,573 @@
-// HDF5 shards and manifests (see shards.h). Every HDF5 call is checked; errors name the file.
+// HDF5 shard writer/reader and the manifest (see shards.h for the format and the reasons behind it).
 #include "datasets/shards.h"
 
-#include <fmt/format.h>
-#include <hdf5.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
-#include <cstdio>
+#include <algorithm>
+#include <cstring>
 #include <filesystem>
+#include <fmt/format.h>
+#include <map>
+#include <regex>
 #include <stdexcept>
-#include <torch/torch.h>
+
 #include "core/json.h"
 #include "core/safetensors.h"
+#include "datasets/h5util.h"
 
 namespace fs = std::filesystem;
 
-#define CM_H5_CHECK(call, where)                                                                         \
-  ([&] {                                                                                                 \
-    auto cm_h5_rc_ = (call);                                                                             \
-    if (cm_h5_rc_ < 0) throw std::runtime_error(fmt::format("{}: HDF5 call {} failed ({}:{})", where, #call, __FILE__, __LINE__)); \
-    return cm_h5_rc_;                                                                                    \
-  }())
+namespace cm::data {
 
-namespace cm {
-
-namespace {
-
-void write_attr_i64(hid_t obj, const char* name, int64_t v, const std::string& where) {
-  hid_t space = CM_H5_CHECK(H5Screate(H5S_SCALAR), where);
-  hid_t a = CM_H5_CHECK(H5Acreate2(obj, name, H5T_NATIVE_INT64, space, H5P_DEFAULT, H5P_DEFAULT), where);
-  CM_H5_CHECK(H5Awrite(a, H5T_NATIVE_INT64, &v), where);
-  H5Aclose(a);
-  H5Sclose(space);
-}
-
-void write_attr_str(hid_t obj, const char* name, const std::string& v, const std::string& where) {
-  hid_t type = CM_H5_CHECK(H5Tcopy(H5T_C_S1), where);
-  CM_H5_CHECK(H5Tset_size(type, std::max<size_t>(1, v.size())), where);
-  hid_t space = CM_H5_CHECK(H5Screate(H5S_SCALAR), where);
-  hid_t a = CM_H5_CHECK(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), where);
-  std::string padded = v.empty() ? std::string(1, '\0') : v;
-  CM_H5_CHECK(H5Awrite(a, type, padded.data()), where);
-  H5Aclose(a);
-  H5Sclose(space);
-  H5Tclose(type);
-}
-
-int64_t read_attr_i64(hid_t obj, const char* name, const std::string& where) {
-  if (H5Aexists(obj, name) <= 0) throw std::runtime_error(fmt::format("{}: attribute '{}' is missing", where, name));
-  hid_t a = CM_H5_CHECK(H5Aopen(obj, name, H5P_DEFAULT), where);
-  int64_t v = 0;
-  CM_H5_CHECK(H5Aread(a, H5T_NATIVE_INT64, &v), where);
-  H5Aclose(a);
-  return v;
-}
-
-std::string read_attr_str(hid_t obj, const char* name, const std::string& where) {
-  if (H5Aexists(obj, name) <= 0) throw std::runtime_error(fmt::format("{}: attribute '{}' is missing", where, name));
-  hid_t a = CM_H5_CHECK(H5Aopen(obj, name, H5P_DEFAULT), where);
-  hid_t type = CM_H5_CHECK(H5Aget_type(a), where);
-  size_t n = H5Tget_size(type);
-  std::string v(n, '\0');
-  CM_H5_CHECK(H5Aread(a, type, v.data()), where);
-  H5Tclose(type);
-  H5Aclose(a);
-  while (!v.empty() && v.back() == '\0') v.pop_back();
-  return v;
-}
-
-struct H5File {
-  hid_t id = -1;
-  ~H5File() {
-    if (id >= 0) H5Fclose(id);
-  }
-};
-
-}  // namespace
+// ---------------------------------------------------------------------------------------------- basics
 
 std::string shard_file_name(const std::string& name, int64_t index, int64_t count) {
   return fmt::format("{}-{:05d}-of-{:05d}.h5", name, index, count);
 }
 
-ShardWriter::ShardWriter(const std::string& dir, const std::string& file, const DatasetMeta& meta, int64_t first_index)
-    : dir_(dir), file_(file), partial_(dir + "/" + file + ".partial"), meta_(meta), first_index_(first_index) {
-  const int64_t image_bytes = meta.height * meta.width * meta.channels;
-  // Chunks of whole images, about 256 KB: small images are not read one tiny chunk at a time.
-  chunk_images_ = std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(1, image_bytes));
-  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // our checks report errors; no HDF5 stack dumps
-  h5file_ = CM_H5_CHECK(H5Fcreate(partial_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), partial_);
-  hsize_t dims[4] = {0, static_cast<hsize_t>(meta.height), static_cast<hsize_t>(meta.width), static_cast<hsize_t>(meta.channels)};
-  hsize_t maxd[4] = {H5S_UNLIMITED, dims[1], dims[2], dims[3]};
-  hsize_t chunk[4] = {static_cast<hsize_t>(chunk_images_), dims[1], dims[2], dims[3]};
-  hid_t space = CM_H5_CHECK(H5Screate_simple(4, dims, maxd), partial_);
-  hid_t plist = CM_H5_CHECK(H5Pcreate(H5P_DATASET_CREATE), partial_);
-  CM_H5_CHECK(H5Pset_chunk(plist, 4, chunk), partial_);
-  images_ = CM_H5_CHECK(H5Dcreate2(h5file_, "images", H5T_NATIVE_UINT8, space, H5P_DEFAULT, plist, H5P_DEFAULT), partial_);
-  H5Pclose(plist);
-  H5Sclose(space);
-  if (meta.num_classes > 0) {
-    hsize_t d1[1] = {0}, m1[1] = {H5S_UNLIMITED}, c1[1] = {static_cast<hsize_t>(std::max<int64_t>(chunk_images_, 1024))};
-    hid_t s1 = CM_H5_CHECK(H5Screate_simple(1, d1, m1), partial_);
-    hid_t p1 = CM_H5_CHECK(H5Pcreate(H5P_DATASET_CREATE), partial_);
-    CM_H5_CHECK(H5Pset_chunk(p1, 1, c1), partial_);
-    labels_ds_ = CM_H5_CHECK(H5Dcreate2(h5file_, "labels", H5T_NATIVE_INT64, s1, H5P_DEFAULT, p1, H5P_DEFAULT), partial_);
-    H5Pclose(p1);
-    H5Sclose(s1);
+std::pair<int64_t, int64_t> shard_range(int64_t total, int64_t shards, int64_t index) {
+  const int64_t base = total / shards, extra = total % shards;
+  const int64_t first = index * base + std::min(index, extra);
+  return {first, base + (index < extra ? 1 : 0)};
+}
+
+uint32_t crc32_update(uint32_t crc, const void* data, size_t n) {
+  return static_cast<uint32_t>(::crc32_z(crc, static_cast<const Bytef*>(data), n));
+}
+
+std::string crc_hex(uint32_t crc) { return fmt::format("{:08x}", crc); }
+
+std::string DatasetInfo::difference(const DatasetInfo& o) const {
+  auto cmp = [](const char* what, const auto& a, const auto& b) -> std::string {
+    return a == b ? "" : fmt::format("{}: '{}' vs '{}'", what, a, b);
+  };
+  for (const std::string& d :
+       {cmp("name", name, o.name), cmp("source_format", source_format, o.source_format),
+        cmp("preprocessing", preprocessing, o.preprocessing), cmp("height", height, o.height),
+        cmp("width", width, o.width), cmp("channels", channels, o.channels),
+        cmp("num_classes", num_classes, o.num_classes), cmp("total_records", total_records, o.total_records),
+        cmp("shard_count", shard_count, o.shard_count)})
+    if (!d.empty()) return d;
+  return "";
+}
+
+static int64_t file_size(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return -1;
+  return st.st_size;
+}
+
+static void fsync_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw std::runtime_error(fmt::format("cannot reopen '{}' to fsync it: {}", path, std::strerror(errno)));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) throw std::runtime_error(fmt::format("fsync of '{}' failed: {}", path, std::strerror(err)));
+}
+
+// Shard attributes: the root group of every shard carries these.
+static void write_header(hid_t file, const DatasetInfo& d, const ShardInfo& s, const std::string& where) {
+  h5_write_attr(file, "format", std::string(kShardFormat), where);
+  h5_write_attr(file, "format_version", kShardFormatVersion, where);
+  h5_write_attr(file, "name", d.name, where);
+  h5_write_attr(file, "source_format", d.source_format, where);
+  h5_write_attr(file, "source", d.source, where);
+  h5_write_attr(file, "preprocessing", d.preprocessing, where);
+  h5_write_attr(file, "paper_preprocessing", int64_t(d.paper_preprocessing ? 1 : 0), where);
+  h5_write_attr(file, "resolution", d.height == d.width ? d.height : 0, where);
+  h5_write_attr(file, "height", d.height, where);
+  h5_write_attr(file, "width", d.width, where);
+  h5_write_attr(file, "channels", d.channels, where);
+  h5_write_attr(file, "num_classes", d.num_classes, where);
+  h5_write_attr(file, "total_records", d.total_records, where);
+  h5_write_attr(file, "shard_count", d.shard_count, where);
+  h5_write_attr(file, "shard_index", s.index, where);
+  h5_write_attr(file, "first_record", s.first_record, where);
+  h5_write_attr(file, "record_count", s.records, where);
+  h5_write_attr(file, "images_crc32", int64_t(s.images_crc32), where);
+  h5_write_attr(file, "labels_crc32", int64_t(s.labels_crc32), where);
+}
+
+static void read_header(hid_t file, const std::string& where, DatasetInfo& d, ShardInfo& s) {
+  const std::string format = h5_read_string_attr(file, "format", where);
+  if (format != kShardFormat)
+    throw std::runtime_error(fmt::format("{}: attribute format is '{}', expected '{}'", where, format, kShardFormat));
+  const int64_t version = h5_read_int_attr(file, "format_version", where);
+  if (version != kShardFormatVersion)
+    throw std::runtime_error(fmt::format("{}: shard format version {} is not supported (this build reads {}); "
+                                         "convert the dataset again with this build",
+                                         where, version, kShardFormatVersion));
+  d.name = h5_read_string_attr(file, "name", where);
+  d.source_format = h5_read_string_attr(file, "source_format", where);
+  d.source = h5_read_string_attr(file, "source", where);
+  d.preprocessing = h5_read_string_attr(file, "preprocessing", where);
+  d.paper_preprocessing = h5_read_int_attr(file, "paper_preprocessing", where) != 0;
+  d.height = h5_read_int_attr(file, "height", where);
+  d.width = h5_read_int_attr(file, "width", where);
+  d.channels = h5_read_int_attr(file, "channels", where);
+  d.num_classes = h5_read_int_attr(file, "num_classes", where);
+  d.total_records = h5_read_int_attr(file, "total_records", where);
+  d.shard_count = h5_read_int_attr(file, "shard_count", where);
+  s.index = h5_read_int_attr(file, "shard_index", where);
+  s.first_record = h5_read_int_attr(file, "first_record", where);
+  s.records = h5_read_int_attr(file, "record_count", where);
+  s.images_crc32 = static_cast<uint32_t>(h5_read_int_attr(file, "images_crc32", where));
+  s.labels_crc32 = static_cast<uint32_t>(h5_read_int_attr(file, "labels_crc32", where));
+}
+
+// -------------------------------------------------------------------------------------------- writer
+
+struct ShardWriter::Impl {
+  DatasetInfo info;
+  ShardInfo shard;
+  std::string final_path, tmp_path;
+  H5Handle file, images, labels;
+  int64_t pos = 0;
+  bool committed = false;
+};
+
+ShardWriter::ShardWriter(const std::string& dir, const DatasetInfo& info, int64_t shard_index)
+    : impl_(std::make_unique<Impl>()) {
+  h5_quiet_errors();
+  auto& m = *impl_;
+  m.info = info;
+  if (info.shard_count <= 0 || shard_index < 0 || shard_index >= info.shard_count)
+    throw std::invalid_argument(fmt::format("shard index {} outside 0..{}", shard_index, info.shard_count - 1));
+  auto [first, count] = shard_range(info.total_records, info.shard_count, shard_index);
+  if (count <= 0)
+    throw std::invalid_argument(fmt::format("{} records cannot fill {} shards; use fewer shards",
+                                            info.total_records, info.shard_count));
+  m.shard.index = shard_index;
+  m.shard.first_record = first;
+  m.shard.records = count;
+  m.shard.file = shard_file_name(info.name, shard_index, info.shard_count);
+  m.final_path = (fs::path(dir) / m.shard.file).string();
+  m.tmp_path = fmt::format("{}.tmp-{}", m.final_path, ::getpid());
+  const std::string& w = m.tmp_path;
+
+  H5Handle fapl(h5(H5Pcreate(H5P_FILE_ACCESS), w), H5Pclose);
+  // 1.10 format: fixed-array chunk index, so early-allocated chunks lie in record order (see shards.h).
+  h5(H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110), w);
+  m.file = H5Handle(h5(H5Fcreate(w.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl), "creating " + w), H5Fclose);
+
+  const hsize_t dims[4] = {hsize_t(count), hsize_t(info.height), hsize_t(info.width), hsize_t(info.channels)};
+  const hsize_t chunk[4] = {1, dims[1], dims[2], dims[3]};
+  H5Handle space(h5(H5Screate_simple(4, dims, nullptr), w), H5Sclose);
+  H5Handle dcpl(h5(H5Pcreate(H5P_DATASET_CREATE), w), H5Pclose);
+  h5(H5Pset_chunk(dcpl, 4, chunk), w);
+  h5(H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY), w);
+  h5(H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER), w);
+  m.images = H5Handle(h5(H5Dcreate2(m.file, "images", H5T_STD_U8LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT),
+                         w + ": creating /images"),
+                      H5Dclose);
+  if (info.labelled()) {
+    const hsize_t ldims[1] = {hsize_t(count)};
+    H5Handle lspace(h5(H5Screate_simple(1, ldims, nullptr), w), H5Sclose);
+    m.labels = H5Handle(h5(H5Dcreate2(m.file, "labels", H5T_STD_I64LE, lspace, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                           w + ": creating /labels"),
+                        H5Dclose);
   }
 }
 
 ShardWriter::~ShardWriter() {
-  if (finished_) return;
-  if (labels_ds_ >= 0) H5Dclose(labels_ds_);
-  if (images_ >= 0) H5Dclose(images_);
-  if (h5file_ >= 0) H5Fclose(h5file_);
-  std::remove(partial_.c_str());
+  if (!impl_ || impl_->committed) return;
+  impl_->labels.reset();
+  impl_->images.reset();
+  impl_->file.reset();
+  ::unlink(impl_->tmp_path.c_str());
 }
 
-void ShardWriter::append(const uint8_t* hwc, int64_t label) {
-  const int64_t image_bytes = meta_.height * meta_.width * meta_.channels;
-  buf_.insert(buf_.end(), hwc, hwc + image_bytes);
-  if (meta_.num_classes > 0) {
-    if (label < 0 || label >= meta_.num_classes)
-      throw std::runtime_error(fmt::format("{}: label {} of record {} is outside [0, {})", file_, label, first_index_ + count_ + labels_.size(),
-                                           meta_.num_classes));
-    labels_.push_back(label);
+int64_t ShardWriter::written() const { return impl_->pos; }
+const std::string& ShardWriter::final_path() const { return impl_->final_path; }
+
+static void write_rows(hid_t ds, hid_t mem_type, int rank, const hsize_t* full, int64_t pos, int64_t n,
+                       const void* data, const std::string& where) {
+  H5Handle fspace(h5(H5Dget_space(ds), where), H5Sclose);
+  hsize_t start[4] = {hsize_t(pos), 0, 0, 0};
+  hsize_t count[4] = {hsize_t(n), full[1], full[2], full[3]};
+  h5(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, count, nullptr), where);
+  H5Handle mspace(h5(H5Screate_simple(rank, count, nullptr), where), H5Sclose);
+  h5(H5Dwrite(ds, mem_type, mspace, fspace, H5P_DEFAULT, data), where);
+}
+
+void ShardWriter::append(const uint8_t* images, const int64_t* labels, int64_t n) {
+  auto& m = *impl_;
+  if (n <= 0) return;
+  if (m.pos + n > m.shard.records)
+    throw std::logic_error(fmt::format("{}: {} records appended to a shard of {}", m.tmp_path, m.pos + n, m.shard.records));
+  if (m.info.labelled() != (labels != nullptr))
+    throw std::logic_error(fmt::format("{}: labels given for an unlabelled dataset or missing", m.tmp_path));
+  const std::string where = fmt::format("{}: writing records {}..{}", m.tmp_path, m.pos, m.pos + n - 1);
+  const hsize_t full[4] = {0, hsize_t(m.info.height), hsize_t(m.info.width), hsize_t(m.info.channels)};
+  write_rows(m.images, H5T_NATIVE_UINT8, 4, full, m.pos, n, images, where);
+  m.shard.images_crc32 = crc32_update(m.shard.images_crc32, images, size_t(n) * m.info.image_bytes());
+  if (labels) {
+    for (int64_t i = 0; i < n; ++i)
+      if (labels[i] < 0 || labels[i] >= m.info.num_classes)
+        throw std::runtime_error(fmt::format("{}: record {} has label {} outside 0..{}", m.tmp_path,
+                                             m.shard.first_record + m.pos + i, labels[i], m.info.num_classes - 1));
+    const hsize_t lfull[4] = {0, 1, 1, 1};
+    write_rows(m.labels, H5T_NATIVE_INT64, 1, lfull, m.pos, n, labels, where);
+    // Little-endian int64 bytes: this machine's order (x86-64, aarch64).
+    m.shard.labels_crc32 = crc32_update(m.shard.labels_crc32, labels, size_t(n) * sizeof(int64_t));
   }
-  if (static_cast<int64_t>(buf_.size()) >= chunk_images_ * image_bytes) flush_chunk();
+  m.pos += n;
 }
 
-void ShardWriter::flush_chunk() {
-  const int64_t image_bytes = meta_.height * meta_.width * meta_.channels;
-  const int64_t n = static_cast<int64_t>(buf_.size()) / std::max<int64_t>(1, image_bytes);
+ShardInfo ShardWriter::commit() {
+  auto& m = *impl_;
+  if (m.pos != m.shard.records)
+    throw std::logic_error(fmt::format("{}: commit after {} of {} records", m.tmp_path, m.pos, m.shard.records));
+  write_header(m.file, m.info, m.shard, m.tmp_path);
+  m.labels.close_checked(m.tmp_path + ": closing /labels");
+  m.images.close_checked(m.tmp_path + ": closing /images");
+  m.file.close_checked(m.tmp_path + ": closing (flush)");
+  // Order matters: data durable under the temporary name first, then the rename, then the directory
+  // entry, so a crash leaves either no shard or a complete one under the final name.
+  fsync_file(m.tmp_path);
+  if (::rename(m.tmp_path.c_str(), m.final_path.c_str()) != 0)
+    throw std::runtime_error(fmt::format("renaming '{}' to '{}' failed: {}", m.tmp_path, m.final_path, std::strerror(errno)));
+  fsync_directory(fs::path(m.final_path).parent_path().string());
+  m.committed = true;
+  m.shard.file_bytes = file_size(m.final_path);
+  return m.shard;
+}
+
+// -------------------------------------------------------------------------------------------- reader
+
+struct ShardReader::Impl {
+  std::string path;
+  DatasetInfo info;
+  ShardInfo shard;
+  H5Handle file, images, labels;
+};
+
+ShardReader::ShardReader(const std::string& path) : impl_(std::make_unique<Impl>()) {
+  h5_quiet_errors();
+  auto& m = *impl_;
+  m.path = path;
+  if (::access(path.c_str(), R_OK) != 0)
+    throw std::runtime_error(fmt::format("shard '{}' cannot be read: {}", path, std::strerror(errno)));
+  if (H5Fis_hdf5(path.c_str()) <= 0)
+    throw std::runtime_error(fmt::format("shard '{}' is not an HDF5 file (truncated or overwritten?)", path));
+  m.file = H5Handle(h5(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), "opening " + path), H5Fclose);
+  read_header(m.file, path, m.info, m.shard);
+  m.shard.file = fs::path(path).filename().string();
+  m.shard.file_bytes = file_size(path);
+  m.images = H5Handle(h5(H5Dopen2(m.file, "images", H5P_DEFAULT), path + ": opening /images"), H5Dclose);
+  auto dims = h5_dims(m.images, path + ": /images");
+  const std::vector<hsize_t> want = {hsize_t(m.shard.records), hsize_t(m.info.height), hsize_t(m.info.width),
+                                     hsize_t(m.info.channels)};
+  if (dims != want)
+    throw std::runtime_error(fmt::format("{}: /images has shape [{}], attributes say [{}]", path, fmt::join(dims, ", "),
+                                         fmt::join(want, ", ")));
+  H5Handle type(h5(H5Dget_type(m.images), path), H5Tclose);
+  if (H5Tget_class(type) != H5T_INTEGER || H5Tget_size(type) != 1 || H5Tget_sign(type) != H5T_SGN_NONE)
+    throw std::runtime_error(fmt::format("{}: /images must be uint8", path));
+  if (m.info.labelled()) {
+    m.labels = H5Handle(h5(H5Dopen2(m.file, "labels", H5P_DEFAULT), path + ": opening /labels"), H5Dclose);
+    auto ldims = h5_dims(m.labels, path + ": /labels");
+    if (ldims != std::vector<hsize_t>{hsize_t(m.shard.records)})
+      throw std::runtime_error(fmt::format("{}: /labels has shape [{}], expected [{}]", path, fmt::join(ldims, ", "),
+                                           m.shard.records));
+  }
+}
+
+ShardReader::~ShardReader() = default;
+ShardReader::ShardReader(ShardReader&&) noexcept = default;
+ShardReader& ShardReader::operator=(ShardReader&&) noexcept = default;
+
+const std::string& ShardReader::path() const { return impl_->path; }
+const DatasetInfo& ShardReader::dataset() const { return impl_->info; }
+const ShardInfo& ShardReader::shard() const { return impl_->shard; }
+
+void ShardReader::check_against(const Manifest& man) const {
+  const auto& m = *impl_;
+  const std::string hint = "; the shard does not belong to this manifest (re-run the conversion or `cm data manifest`)";
+  std::string diff = man.info.difference(m.info);
+  if (!diff.empty()) throw std::runtime_error(fmt::format("{}: manifest and shard differ in {}{}", m.path, diff, hint));
+  if (m.shard.index < 0 || m.shard.index >= int64_t(man.shards.size()))
+    throw std::runtime_error(fmt::format("{}: shard index {} is not in the manifest{}", m.path, m.shard.index, hint));
+  const ShardInfo& e = man.shards[m.shard.index];
+  auto check = [&](const char* what, auto have, auto want) {
+    if (have != want)
+      throw std::runtime_error(fmt::format("{}: {} is {} in the shard but {} in the manifest{}", m.path, what, have, want, hint));
+  };
+  check("file name", m.shard.file, e.file);
+  check("first_record", m.shard.first_record, e.first_record);
+  check("record_count", m.shard.records, e.records);
+  check("images_crc32", crc_hex(m.shard.images_crc32), crc_hex(e.images_crc32));
+  check("labels_crc32", crc_hex(m.shard.labels_crc32), crc_hex(e.labels_crc32));
+  check("file size", m.shard.file_bytes, e.file_bytes);
+}
+
+std::vector<int64_t> ShardReader::read_labels() const {
+  const auto& m = *impl_;
+  if (!m.info.labelled()) return {};
+  std::vector<int64_t> out(m.shard.records);
+  h5(H5Dread(m.labels, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()), m.path + ": reading /labels");
+  return out;
+}
+
+void ShardReader::read_images(int64_t first, int64_t n, uint8_t* out) const {
+  const auto& m = *impl_;
+  if (first < 0 || n < 0 || first + n > m.shard.records)
+    throw std::out_of_range(fmt::format("{}: records {}..{} outside 0..{}", m.path, first, first + n - 1, m.shard.records - 1));
   if (n == 0) return;
-  hsize_t newd[4] = {static_cast<hsize_t>(count_ + n), static_cast<hsize_t>(meta_.height), static_cast<hsize_t>(meta_.width),
-                     static_cast<hsize_t>(meta_.channels)};
-  CM_H5_CHECK(H5Dset_extent(images_, newd), partial_);
-  hid_t fspace = CM_H5_CHECK(H5Dget_space(images_), partial_);
-  hsize_t start[4] = {static_cast<hsize_t>(count_), 0, 0, 0}, cnt[4] = {static_cast<hsize_t>(n), newd[1], newd[2], newd[3]};
-  CM_H5_CHECK(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, cnt, nullptr), partial_);
-  hid_t mspace = CM_H5_CHECK(H5Screate_simple(4, cnt, nullptr), partial_);
-  CM_H5_CHECK(H5Dwrite(images_, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, buf_.data()), partial_);
-  H5Sclose(mspace);
-  H5Sclose(fspace);
-  crc_images_ = crc32(crc_images_, buf_.data(), static_cast<uInt>(buf_.size()));
-  if (labels_ds_ >= 0) {
-    hsize_t nd[1] = {static_cast<hsize_t>(count_ + n)}, st[1] = {static_cast<hsize_t>(count_)}, c1[1] = {static_cast<hsize_t>(n)};
-    CM_H5_CHECK(H5Dset_extent(labels_ds_, nd), partial_);
-    hid_t fs1 = CM_H5_CHECK(H5Dget_space(labels_ds_), partial_);
-    CM_H5_CHECK(H5Sselect_hyperslab(fs1, H5S_SELECT_SET, st, nullptr, c1, nullptr), partial_);
-    hid_t ms1 = CM_H5_CHECK(H5Screate_simple(1, c1, nullptr), partial_);
-    CM_H5_CHECK(H5Dwrite(labels_ds_, H5T_NATIVE_INT64, ms1, fs1, H5P_DEFAULT, labels_.data()), partial_);
-    H5Sclose(ms1);
-    H5Sclose(fs1);
-    crc_labels_ = crc32(crc_labels_, reinterpret_cast<const Bytef*>(labels_.data()), static_cast<uInt>(labels_.size() * 8));
+  const std::string where = fmt::format("{}: reading /images records {}..{}", m.path, first, first + n - 1);
+  H5Handle fspace(h5(H5Dget_space(m.images), where), H5Sclose);
+  hsize_t start[4] = {hsize_t(first), 0, 0, 0};
+  hsize_t count[4] = {hsize_t(n), hsize_t(m.info.height), hsize_t(m.info.width), hsize_t(m.info.channels)};
+  h5(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, count, nullptr), where);
+  H5Handle mspace(h5(H5Screate_simple(4, count, nullptr), where), H5Sclose);
+  h5(H5Dread(m.images, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, out), where);
+}
+
+std::optional<int64_t> ShardReader::direct_offset() const {
+  const auto& m = *impl_;
+  const std::string& w = m.path;
+  const int64_t img = m.info.image_bytes(), n = m.shard.records;
+  H5Handle dcpl(h5(H5Dget_create_plist(m.images), w), H5Pclose);
+  if (h5(H5Pget_nfilters(dcpl), w) != 0) return std::nullopt;
+  const H5D_layout_t layout = H5Pget_layout(dcpl);
+  if (layout == H5D_CONTIGUOUS) {
+    haddr_t a = H5Dget_offset(m.images);
+    if (a == HADDR_UNDEF) return std::nullopt;
+    return int64_t(a);
   }
-  count_ += n;
-  buf_.clear();
-  labels_.clear();
-}
-
-ShardMeta ShardWriter::finish() {
-  flush_chunk();
-  const std::string& w = partial_;
-  write_attr_str(h5file_, "format", kShardFormat, w);
-  write_attr_i64(h5file_, "version", kShardVersion, w);
-  write_attr_i64(h5file_, "count", count_, w);
-  write_attr_i64(h5file_, "first_index", first_index_, w);
-  write_attr_i64(h5file_, "height", meta_.height, w);
-  write_attr_i64(h5file_, "width", meta_.width, w);
-  write_attr_i64(h5file_, "resolution", meta_.height, w);
-  write_attr_i64(h5file_, "channels", meta_.channels, w);
-  write_attr_i64(h5file_, "num_classes", meta_.num_classes, w);
-  write_attr_str(h5file_, "source", meta_.source, w);
-  write_attr_str(h5file_, "preprocessing", meta_.preprocessing, w);
-  if (labels_ds_ >= 0) H5Dclose(labels_ds_);
-  H5Dclose(images_);
-  CM_H5_CHECK(H5Fflush(h5file_, H5F_SCOPE_GLOBAL), w);
-  CM_H5_CHECK(H5Fclose(h5file_), w);
-  labels_ds_ = images_ = h5file_ = -1;
-  // fsync then rename: the final name appears only for a complete shard.
-  if (FILE* f = std::fopen(partial_.c_str(), "rb+")) {
-    fflush(f);
-    fsync(fileno(f));
-    std::fclose(f);
+  if (layout != H5D_CHUNKED) return std::nullopt;
+  hsize_t chunk[4] = {0, 0, 0, 0};
+  if (H5Pget_chunk(dcpl, 4, chunk) != 4 || chunk[0] != 1 || int64_t(chunk[1]) != m.info.height ||
+      int64_t(chunk[2]) != m.info.width || int64_t(chunk[3]) != m.info.channels)
+    return std::nullopt;
+  if (int64_t(H5Dget_storage_size(m.images)) != n * img) return std::nullopt;
+  // N chunks of `img` bytes filling exactly N * img bytes from the first to the last address can only tile
+  // that range; sampled chunks in between confirm the order (H5Dget_chunk_info_by_coord is too slow in
+  // HDF5 1.10 to ask for every chunk).
+  auto address = [&](int64_t i) -> std::optional<int64_t> {
+    hsize_t off[4] = {hsize_t(i), 0, 0, 0};
+    unsigned mask = 0;
+    haddr_t addr = 0;
+    hsize_t size = 0;
+    if (H5Dget_chunk_info_by_coord(m.images, off, &mask, &addr, &size) < 0 || addr == HADDR_UNDEF ||
+        int64_t(size) != img || mask != 0) {
+      H5Eclear2(H5E_DEFAULT);
+      return std::nullopt;
+    }
+    return int64_t(addr);
+  };
+  auto a0 = address(0);
+  if (!a0) return std::nullopt;
+  const int64_t samples = std::min<int64_t>(n - 1, 16);
+  for (int64_t k = 1; k <= samples; ++k) {
+    const int64_t i = k == samples ? n - 1 : k * (n - 1) / samples;
+    auto a = address(i);
+    if (!a || *a != *a0 + i * img) return std::nullopt;
   }
-  const std::string final_path = dir_ + "/" + file_;
-  if (std::rename(partial_.c_str(), final_path.c_str()) != 0)
-    throw std::runtime_error(fmt::format("cannot rename {} to {}", partial_, final_path));
-  fsync_directory(dir_);
-  finished_ = true;
-  ShardMeta m;
-  m.file = file_;
-  m.count = count_;
-  m.first_index = first_index_;
-  m.crc32 = static_cast<uint32_t>(crc32_combine(crc_images_, crc_labels_, static_cast<z_off_t>(count_ * (labels_ds_ >= 0 || meta_.num_classes > 0 ? 8 : 0))));
-  return m;
+  return a0;
 }
 
-void write_manifest(const std::string& dir, const DatasetMeta& m) {
-  std::string s = fmt::format(
-      "{{\n  \"format\": \"{}\",\n  \"version\": {},\n  \"name\": \"{}\",\n  \"split\": \"{}\",\n  \"source\": \"{}\",\n"
-      "  \"preprocessing\": \"{}\",\n  \"height\": {},\n  \"width\": {},\n  \"channels\": {},\n  \"num_classes\": {},\n"
-      "  \"total\": {},\n  \"shards\": [",
-      kShardFormat, kShardVersion, json_escape(m.name), json_escape(m.split), json_escape(m.source), json_escape(m.preprocessing),
-      m.height, m.width, m.channels, m.num_classes, m.total);
-  for (size_t i = 0; i < m.shards.size(); ++i)
-    s += fmt::format("{}\n    {{\"file\": \"{}\", \"count\": {}, \"first_index\": {}, \"crc32\": {}}}", i ? "," : "",
-                     json_escape(m.shards[i].file), m.shards[i].count, m.shards[i].first_index, m.shards[i].crc32);
-  s += "\n  ]\n}\n";
-  write_file_atomic(dir + "/manifest.json", s);
+std::pair<uint32_t, uint32_t> ShardReader::compute_checksums() const {
+  const auto& m = *impl_;
+  const int64_t img = m.info.image_bytes();
+  const int64_t block = std::max<int64_t>(1, (8 << 20) / std::max<int64_t>(img, 1));
+  std::vector<uint8_t> buf(size_t(block * img));
+  uint32_t ic = 0;
+  for (int64_t i = 0; i < m.shard.records; i += block) {
+    const int64_t n = std::min(block, m.shard.records - i);
+    read_images(i, n, buf.data());
+    ic = crc32_update(ic, buf.data(), size_t(n * img));
+  }
+  uint32_t lc = 0;
+  if (m.info.labelled()) {
+    auto labels = read_labels();
+    lc = crc32_update(lc, labels.data(), labels.size() * sizeof(int64_t));
+  }
+  return {ic, lc};
 }
 
-DatasetMeta read_manifest(const std::string& dir) {
-  const std::string path = dir + "/manifest.json";
+// ------------------------------------------------------------------------------------------ manifest
+
+void write_manifest(const std::string& dir, const Manifest& man) {
+  const auto& d = man.info;
+  auto q = [](const std::string& v) { return "\"" + json_escape(v) + "\""; };
+  std::string t = "{\n";
+  t += fmt::format("  \"format\": {},\n  \"format_version\": {},\n", q(kShardFormat), kShardFormatVersion);
+  t += fmt::format("  \"name\": {},\n  \"source_format\": {},\n  \"source\": {},\n  \"preprocessing\": {},\n"
+                   "  \"paper_preprocessing\": {},\n",
+                   q(d.name), q(d.source_format), q(d.source), q(d.preprocessing), d.paper_preprocessing);
+  t += fmt::format("  \"height\": {},\n  \"width\": {},\n  \"channels\": {},\n  \"num_classes\": {},\n"
+                   "  \"total_records\": {},\n  \"shard_count\": {},\n  \"checksum\": \"crc32\",\n  \"shards\": [\n",
+                   d.height, d.width, d.channels, d.num_classes, d.total_records, d.shard_count);
+  for (size_t i = 0; i < man.shards.size(); ++i) {
+    const auto& s = man.shards[i];
+    t += fmt::format("    {{\"file\": {}, \"first_record\": {}, \"records\": {}, \"images_crc32\": \"{}\", "
+                     "\"labels_crc32\": \"{}\", \"file_bytes\": {}}}{}\n",
+                     q(s.file), s.first_record, s.records, crc_hex(s.images_crc32), crc_hex(s.labels_crc32), s.file_bytes,
+                     i + 1 < man.shards.size() ? "," : "");
+  }
+  t += "  ]\n}\n";
+  write_file_atomic((fs::path(dir) / kManifestName).string(), t);
+}
+
+Manifest read_manifest(const std::string& dir) {
+  const std::string path = (fs::path(dir) / kManifestName).string();
   if (!fs::exists(path))
-    throw std::runtime_error(fmt::format("{}: no manifest.json: not a converted dataset directory (make one with `cm data convert`), "
-                                         "or its conversion did not finish", dir));
-  Json j = parse_json(read_file(path), path);
-  if (j.at("format", path).str != kShardFormat) throw std::runtime_error(fmt::format("{}: format is not {}", path, kShardFormat));
-  if (j.at("version", path).integer > kShardVersion)
-    throw std::runtime_error(fmt::format("{}: version {} is newer than this program's {}", path, j.at("version", path).integer, kShardVersion));
-  DatasetMeta m;
-  m.name = j.at("name", path).str;
-  m.split = j.at("split", path).str;
-  m.source = j.at("source", path).str;
-  m.preprocessing = j.at("preprocessing", path).str;
-  m.height = j.at("height", path).integer;
-  m.width = j.at("width", path).integer;
-  m.channels = j.at("channels", path).integer;
-  m.num_classes = j.at("num_classes", path).integer;
-  m.total = j.at("total", path).integer;
-  int64_t expect_first = 0;
-  for (auto& s : j.at("shards", path).arr) {
-    ShardMeta sm;
-    sm.file = s.at("file", path).str;
-    sm.count = s.at("count", path).integer;
-    sm.first_index = s.at("first_index", path).integer;
-    sm.crc32 = static_cast<uint32_t>(s.at("crc32", path).integer);
-    if (sm.first_index != expect_first)
-      throw std::runtime_error(fmt::format("{}: shard {} starts at {}, expected {}", path, sm.file, sm.first_index, expect_first));
-    expect_first += sm.count;
-    m.shards.push_back(sm);
+    throw std::runtime_error(fmt::format("'{}' has no {}: not a converted dataset, or its conversion did not finish "
+                                         "(run `cm data convert`, or `cm data manifest {}` after parallel workers)",
+                                         dir, kManifestName, dir));
+  const Json j = parse_json(read_file(path), path);
+  auto str = [&](const Json& o, const char* key) {
+    const Json& v = o.at(key, path);
+    if (v.kind != Json::Str) throw std::runtime_error(fmt::format("{}: '{}' must be a string", path, key));
+    return v.str;
+  };
+  auto num = [&](const Json& o, const char* key) {
+    const Json& v = o.at(key, path);
+    if (v.kind != Json::Num || double(v.integer) != v.num)
+      throw std::runtime_error(fmt::format("{}: '{}' must be an integer", path, key));
+    return v.integer;
+  };
+  auto crc = [&](const Json& o, const char* key) {
+    const std::string h = str(o, key);
+    char* end = nullptr;
+    const unsigned long v = std::strtoul(h.c_str(), &end, 16);
+    if (h.size() != 8 || *end) throw std::runtime_error(fmt::format("{}: '{}' must be 8 hex digits", path, key));
+    return uint32_t(v);
+  };
+  if (str(j, "format") != kShardFormat || num(j, "format_version") != kShardFormatVersion)
+    throw std::runtime_error(fmt::format("{}: format '{}' version {} is not '{}' version {} (convert the dataset again)", path,
+                                         str(j, "format"), num(j, "format_version"), kShardFormat, kShardFormatVersion));
+  Manifest m;
+  auto& d = m.info;
+  d.name = str(j, "name");
+  d.source_format = str(j, "source_format");
+  d.source = str(j, "source");
+  d.preprocessing = str(j, "preprocessing");
+  const Json& paper = j.at("paper_preprocessing", path);
+  if (paper.kind != Json::Bool) throw std::runtime_error(fmt::format("{}: 'paper_preprocessing' must be true or false", path));
+  d.paper_preprocessing = paper.b;
+  d.height = num(j, "height");
+  d.width = num(j, "width");
+  d.channels = num(j, "channels");
+  d.num_classes = num(j, "num_classes");
+  d.total_records = num(j, "total_records");
+  d.shard_count = num(j, "shard_count");
+  const Json& arr = j.at("shards", path);
+  if (arr.kind != Json::Arr || int64_t(arr.arr.size()) != d.shard_count)
+    throw std::runtime_error(fmt::format("{}: expected {} shard entries, found {}", path, d.shard_count, arr.arr.size()));
+  int64_t next = 0;
+  for (size_t i = 0; i < arr.arr.size(); ++i) {
+    const Json& e = arr.arr[i];
+    ShardInfo s;
+    s.index = int64_t(i);
+    s.file = str(e, "file");
+    s.first_record = num(e, "first_record");
+    s.records = num(e, "records");
+    s.images_crc32 = crc(e, "images_crc32");
+    s.labels_crc32 = crc(e, "labels_crc32");
+    s.file_bytes = num(e, "file_bytes");
+    if (s.first_record != next || s.records <= 0)
+      throw std::runtime_error(fmt::format("{}: shards[{}] first_record {} / records {} do not follow the previous shard "
+                                           "(next record {})", path, i, s.first_record, s.records, next));
+    next += s.records;
+    m.shards.push_back(s);
   }
-  if (expect_first != m.total) throw std::runtime_error(fmt::format("{}: shard counts sum to {}, total says {}", path, expect_first, m.total));
+  if (next != d.total_records)
+    throw std::runtime_error(fmt::format("{}: shards hold {} records, total_records says {}", path, next, d.total_records));
   return m;
 }
 
-ShardBlock read_shard_block(const std::string& path, int64_t first, int64_t n) {
-  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  H5File f;
-  f.id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (f.id < 0) throw std::runtime_error(fmt::format("{}: cannot open as HDF5 (missing, unreadable or corrupt)", path));
-  hid_t ds = CM_H5_CHECK(H5Dopen2(f.id, "images", H5P_DEFAULT), path + " /images");
-  hid_t fspace = CM_H5_CHECK(H5Dget_space(ds), path);
-  hsize_t dims[4];
-  if (H5Sget_simple_extent_ndims(fspace) != 4) throw std::runtime_error(path + ": /images is not 4-D [N, H, W, C]");
-  H5Sget_simple_extent_dims(fspace, dims, nullptr);
-  if (first < 0 || first + n > static_cast<int64_t>(dims[0]))
-    throw std::runtime_error(fmt::format("{}: records [{}, {}) requested, the shard has {}", path, first, first + n, dims[0]));
-  ShardBlock b;
-  b.images = torch::empty({n, static_cast<int64_t>(dims[1]), static_cast<int64_t>(dims[2]), static_cast<int64_t>(dims[3])}, torch::kUInt8);
-  hsize_t start[4] = {static_cast<hsize_t>(first), 0, 0, 0}, cnt[4] = {static_cast<hsize_t>(n), dims[1], dims[2], dims[3]};
-  CM_H5_CHECK(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, cnt, nullptr), path);
-  hid_t mspace = CM_H5_CHECK(H5Screate_simple(4, cnt, nullptr), path);
-  if (n > 0) CM_H5_CHECK(H5Dread(ds, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, b.images.data_ptr()), path + " /images");
-  H5Sclose(mspace);
-  H5Sclose(fspace);
-  H5Dclose(ds);
-  if (H5Lexists(f.id, "labels", H5P_DEFAULT) > 0) {
-    hid_t ld = CM_H5_CHECK(H5Dopen2(f.id, "labels", H5P_DEFAULT), path);
-    hid_t ls = CM_H5_CHECK(H5Dget_space(ld), path);
-    hsize_t s1[1] = {static_cast<hsize_t>(first)}, c1[1] = {static_cast<hsize_t>(n)};
-    CM_H5_CHECK(H5Sselect_hyperslab(ls, H5S_SELECT_SET, s1, nullptr, c1, nullptr), path);
-    hid_t ms = CM_H5_CHECK(H5Screate_simple(1, c1, nullptr), path);
-    b.labels = torch::empty({n}, torch::kInt64);
-    if (n > 0) CM_H5_CHECK(H5Dread(ld, H5T_NATIVE_INT64, ms, ls, H5P_DEFAULT, b.labels.data_ptr()), path + " /labels");
-    H5Sclose(ms);
-    H5Sclose(ls);
-    H5Dclose(ld);
+Manifest collect_manifest(const std::string& dir, const std::string& name) {
+  static const std::regex pat(R"((.+)-(\d{5})-of-(\d{5})\.h5)");
+  std::map<std::string, std::vector<std::string>> by_name;
+  if (!fs::is_directory(dir)) throw std::runtime_error(fmt::format("'{}' is not a directory", dir));
+  for (const auto& e : fs::directory_iterator(dir)) {
+    std::smatch mt;
+    const std::string f = e.path().filename().string();
+    if (std::regex_match(f, mt, pat)) by_name[mt[1]].push_back(e.path().string());
   }
-  return b;
+  if (by_name.empty()) throw std::runtime_error(fmt::format("'{}' holds no shard files NAME-00000-of-NNNNN.h5", dir));
+  std::string chosen = name;
+  if (chosen.empty()) {
+    if (by_name.size() > 1) {
+      std::vector<std::string> names;
+      for (auto& [n, v] : by_name) names.push_back(n);
+      throw std::runtime_error(fmt::format("'{}' holds shards of several datasets ({}); pick one with --name", dir,
+                                           fmt::join(names, ", ")));
+    }
+    chosen = by_name.begin()->first;
+  }
+  if (!by_name.count(chosen)) throw std::runtime_error(fmt::format("'{}' holds no shards named {}-*.h5", dir, chosen));
+  Manifest m;
+  std::vector<std::optional<ShardInfo>> found;
+  for (const auto& path : by_name[chosen]) {
+    ShardReader r(path);
+    if (found.empty()) {
+      m.info = r.dataset();
+      found.resize(size_t(m.info.shard_count));
+    }
+    std::string diff = m.info.difference(r.dataset());
+    if (!diff.empty())
+      throw std::runtime_error(fmt::format("{}: differs from the other shards in {} (left over from another conversion?)",
+                                           path, diff));
+    const ShardInfo& s = r.shard();
+    if (r.shard().file != shard_file_name(m.info.name, s.index, m.info.shard_count))
+      throw std::runtime_error(fmt::format("{}: its attributes say shard {} of {}", path, s.index, m.info.shard_count));
+    found[size_t(s.index)] = s;
+  }
+  std::vector<std::string> missing;
+  for (size_t i = 0; i < found.size(); ++i) {
+    if (!found[i]) {
+      missing.push_back(shard_file_name(chosen, int64_t(i), int64_t(found.size())));
+      continue;
+    }
+    auto [first, count] = shard_range(m.info.total_records, m.info.shard_count, int64_t(i));
+    if (found[i]->first_record != first || found[i]->records != count)
+      throw std::runtime_error(fmt::format("{}: holds records {}+{}, expected {}+{}", found[i]->file, found[i]->first_record,
+                                           found[i]->records, first, count));
+    m.shards.push_back(*found[i]);
+  }
+  if (!missing.empty())
+    throw std::runtime_error(fmt::format("'{}': {} of {} shards are missing ({}{}); finish the workers that write them",
+                                         dir, missing.size(), found.size(), missing.front(),
+                                         missing.size() > 1 ? ", ..." : ""));
+  return m;
 }
 
 std::vector<std::string> verify_dataset(const std::string& dir, bool progress) {
   std::vector<std::string> problems;
-  DatasetMeta m = read_manifest(dir);
-  for (auto& s : m.shards) {
-    const std::string path = dir + "/" + s.file;
+  Manifest m = read_manifest(dir);
+  for (const auto& e : m.shards) {
+    const std::string path = (fs::path(dir) / e.file).string();
+    const size_t before = problems.size();
     try {
-      if (!fs::exists(path)) throw std::runtime_error(path + ": missing");
-      H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-      {
-        H5File f;
-        f.id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-        if (f.id < 0) throw std::runtime_error(path + ": cannot open as HDF5");
-        if (read_attr_str(f.id, "format", path) != kShardFormat) throw std::runtime_error(path + ": wrong format attribute");
-        for (auto [attr, want] : {std::pair{"count", s.count}, {"first_index", s.first_index}, {"height", m.height}, {"width", m.width},
-                                  {"channels", m.channels}, {"num_classes", m.num_classes}}) {
-          int64_t got = read_attr_i64(f.id, attr, path);
-          if (got != want) throw std::runtime_error(fmt::format("{}: attribute {} = {}, manifest says {}", path, attr, got, want));
+      ShardReader r(path);
+      r.check_against(m);
+      auto [ic, lc] = r.compute_checksums();
+      if (ic != e.images_crc32)
+        problems.push_back(fmt::format("{}: image bytes have CRC32 {}, the manifest says {} (data corrupted)", path,
+                                       crc_hex(ic), crc_hex(e.images_crc32)));
+      if (lc != e.labels_crc32)
+        problems.push_back(fmt::format("{}: label bytes have CRC32 {}, the manifest says {} (data corrupted)", path,
+                                       crc_hex(lc), crc_hex(e.labels_crc32)));
+      auto labels = r.read_labels();
+      for (size_t i = 0; i < labels.size(); ++i)
+        if (labels[i] < 0 || labels[i] >= m.info.num_classes) {
+          problems.push_back(fmt::format("{}: record {} has label {} outside 0..{}", path, e.first_record + int64_t(i),
+                                         labels[i], m.info.num_classes - 1));
+          break;
         }
-      }
-      auto b = read_shard_block(path, 0, s.count);
-      if (b.images.size(1) != m.height || b.images.size(2) != m.width || b.images.size(3) != m.channels)
-        throw std::runtime_error(fmt::format("{}: images are {}, manifest says [*, {}, {}, {}]", path, c10::str(b.images.sizes()), m.height,
-                                             m.width, m.channels));
-      uint32_t ci = crc32(0, b.images.data_ptr<uint8_t>(), static_cast<uInt>(b.images.numel()));
-      uint32_t cl = b.labels.defined() ? crc32(0, reinterpret_cast<const Bytef*>(b.labels.data_ptr()), static_cast<uInt>(b.labels.numel() * 8)) : 0;
-      uint32_t c = static_cast<uint32_t>(crc32_combine(ci, cl, static_cast<z_off_t>(b.labels.defined() ? b.labels.numel() * 8 : 0)));
-      if (c != s.crc32) throw std::runtime_error(fmt::format("{}: checksum {:08x}, manifest says {:08x}: the shard is corrupt", path, c, s.crc32));
-      if (progress) fmt::print("ok  {} ({} images)\n", s.file, s.count);
-    } catch (const std::exception& e) {
-      problems.push_back(e.what());
-      if (progress) fmt::print("BAD {}\n", e.what());
+    } catch (const std::exception& ex) {
+      problems.push_back(ex.what());
     }
+    if (progress) fmt::print(stderr, "verify {}: {}\n", e.file, problems.size() == before ? "ok" : "FAILED");
   }
   return problems;
 }
 
-}  // namespace cm
+}  // namespace cm::data

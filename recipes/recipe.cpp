@@ -134,7 +134,9 @@ Recipe Recipe::bind(const Config& cfg, const std::string& name) {
       r.data_path = d.require_string("path");
       r.random_flip = d.get_bool("random_flip", false);
       r.class_cond = d.get_bool("class_cond", false);
-      d.allow({"resolution", "channels", "num_classes", "name"});  // descriptive; the manifest is authoritative
+      // The rest of the table is read by make_image_source (datasets/loader.h) when build_data runs:
+      // resolution / channels / num_classes are checked against the manifest, the others tune the loader.
+      d.allow({"resolution", "channels", "num_classes", "name", "loader_threads", "prefetch", "io"});
       d.finish();
     }
   }
@@ -174,13 +176,10 @@ NetworkPtr build_network(const Recipe& r, const ModelShape& shape) {
 std::unique_ptr<DataSource> build_data(const Recipe& r, int64_t rank, int64_t world) {
   if (r.dataset_kind == "toy")
     return std::make_unique<ToySource>(make_toy_mixture(r.toy_name), r.toy_name, r.train.batch, rank, world, r.train.seed);
-  LoaderOptions o;
-  o.dir = r.data_path;
-  o.global_batch = r.train.batch;
-  o.rank = rank, o.world = world;
-  o.seed = r.train.seed;
-  o.random_flip = r.random_flip;
-  return std::make_unique<ShardedLoader>(o);
+  // One binder for the loader's table (also used by `cm data` and the tests), so every key it knows is
+  // honoured here too; path, random_flip and class_cond are the fields bound above.
+  ConfigReader d(r.config, "dataset");
+  return make_image_source(d, rank, world, r.train.batch, r.train.seed);
 }
 
 }  // namespace cm

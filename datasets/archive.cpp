@@ -1,0 +1,411 @@
+// Streams over files, gzip, tar, zip and .npy (see archive.h).
+#include "datasets/archive.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fmt/format.h>
+#include <regex>
+#include <stdexcept>
+
+namespace cm::data {
+
+// ------------------------------------------------------------------------------------------ ByteStream
+
+uint64_t ByteStream::skip(uint64_t n) {
+  char buf[65536];
+  uint64_t done = 0;
+  while (done < n) {
+    size_t want = size_t(std::min<uint64_t>(sizeof(buf), n - done));
+    size_t got = read(buf, want);
+    done += got;
+    if (got < want) break;
+  }
+  return done;
+}
+
+void ByteStream::read_exact(void* buf, size_t n, const std::string& what) {
+  const uint64_t at = pos_;
+  size_t got = read(buf, n);
+  if (got != n)
+    throw std::runtime_error(fmt::format("{}: truncated at byte {} while reading {} ({} of {} bytes present)", name_,
+                                         at + got, what, got, n));
+}
+
+void ByteStream::skip_exact(uint64_t n, const std::string& what) {
+  const uint64_t at = pos_;
+  uint64_t got = skip(n);
+  if (got != n)
+    throw std::runtime_error(fmt::format("{}: truncated at byte {} while skipping {}", name_, at + got, what));
+}
+
+// -------------------------------------------------------------------------------------------- files
+
+namespace {
+
+class FileStream : public ByteStream {
+ public:
+  FileStream(const std::string& path, uint64_t offset, int64_t length) : ByteStream(path) {
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) throw std::runtime_error(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
+    struct stat st {};
+    ::fstat(fd_, &st);
+    const uint64_t size = uint64_t(st.st_size);
+    file_off_ = offset;
+    end_ = length < 0 ? size : std::min<uint64_t>(size, offset + uint64_t(length));
+    if (offset > size) end_ = offset;
+    buf_.resize(1 << 20);
+  }
+  ~FileStream() override {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  size_t read(void* out, size_t n) override {
+    auto* dst = static_cast<char*>(out);
+    size_t done = 0;
+    while (done < n) {
+      if (head_ == tail_ && !refill()) break;
+      size_t take = std::min(n - done, tail_ - head_);
+      std::memcpy(dst + done, buf_.data() + head_, take);
+      head_ += take;
+      done += take;
+    }
+    pos_ += done;
+    return done;
+  }
+  uint64_t skip(uint64_t n) override {
+    const uint64_t buffered = tail_ - head_;
+    if (n <= buffered) {
+      head_ += size_t(n);
+      pos_ += n;
+      return n;
+    }
+    const uint64_t rest = std::min<uint64_t>(n - buffered, end_ - file_off_);
+    head_ = tail_ = 0;
+    file_off_ += rest;
+    pos_ += buffered + rest;
+    return buffered + rest;
+  }
+
+ private:
+  bool refill() {
+    if (file_off_ >= end_) return false;
+    size_t want = size_t(std::min<uint64_t>(buf_.size(), end_ - file_off_));
+    ssize_t got;
+    do got = ::pread(fd_, buf_.data(), want, off_t(file_off_));
+    while (got < 0 && errno == EINTR);
+    if (got < 0) throw std::runtime_error(fmt::format("{}: read error at byte {}: {}", name_, file_off_, std::strerror(errno)));
+    if (got == 0) return false;
+    file_off_ += uint64_t(got);
+    head_ = 0;
+    tail_ = size_t(got);
+    return true;
+  }
+  int fd_ = -1;
+  uint64_t file_off_ = 0, end_ = 0;
+  std::vector<char> buf_;
+  size_t head_ = 0, tail_ = 0;
+};
+
+class InflateStream : public ByteStream {
+ public:
+  InflateStream(std::unique_ptr<ByteStream> src, bool raw) : ByteStream(src->name()), src_(std::move(src)), raw_(raw) {
+    std::memset(&z_, 0, sizeof(z_));
+    // 15 + 32: zlib or gzip header, detected; -15: raw deflate (zip entries).
+    if (inflateInit2(&z_, raw ? -15 : 15 + 32) != Z_OK) throw std::runtime_error(name_ + ": inflateInit failed");
+    in_.resize(1 << 18);
+  }
+  ~InflateStream() override { inflateEnd(&z_); }
+  size_t read(void* out, size_t n) override {
+    z_.next_out = static_cast<Bytef*>(out);
+    z_.avail_out = uInt(n);
+    while (z_.avail_out > 0 && !done_) {
+      if (z_.avail_in == 0) {
+        z_.avail_in = uInt(src_->read(in_.data(), in_.size()));
+        z_.next_in = in_.data();
+        if (z_.avail_in == 0)
+          throw std::runtime_error(fmt::format("{}: compressed data truncated (stream ends at uncompressed byte {})", name_,
+                                               pos_ + (n - z_.avail_out)));
+      }
+      int rc = inflate(&z_, Z_NO_FLUSH);
+      if (rc == Z_STREAM_END) {
+        // Another gzip member may follow (gzip allows concatenation); raw deflate ends here.
+        if (raw_ || !more_input()) {
+          done_ = true;
+        } else {
+          inflateReset(&z_);
+        }
+      } else if (rc != Z_OK && rc != Z_BUF_ERROR) {
+        throw std::runtime_error(fmt::format("{}: corrupt compressed data near uncompressed byte {} ({})", name_,
+                                             pos_ + (n - z_.avail_out), z_.msg ? z_.msg : zError(rc)));
+      }
+    }
+    size_t got = n - z_.avail_out;
+    pos_ += got;
+    return got;
+  }
+
+ private:
+  bool more_input() {
+    if (z_.avail_in > 0) return true;
+    z_.avail_in = uInt(src_->read(in_.data(), in_.size()));
+    z_.next_in = in_.data();
+    return z_.avail_in > 0;
+  }
+  std::unique_ptr<ByteStream> src_;
+  bool raw_;
+  z_stream z_;
+  std::vector<Bytef> in_;
+  bool done_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<ByteStream> open_file(const std::string& path, uint64_t offset, int64_t length) {
+  return std::make_unique<FileStream>(path, offset, length);
+}
+
+std::unique_ptr<ByteStream> inflate_stream(std::unique_ptr<ByteStream> src, bool raw) {
+  return std::make_unique<InflateStream>(std::move(src), raw);
+}
+
+std::unique_ptr<ByteStream> open_maybe_gzip(const std::string& path) {
+  unsigned char magic[2] = {0, 0};
+  auto f = open_file(path);
+  size_t got = f->read(magic, 2);
+  f = open_file(path);
+  if (got == 2 && magic[0] == 0x1f && magic[1] == 0x8b) return inflate_stream(std::move(f));
+  return f;
+}
+
+// ----------------------------------------------------------------------------------------------- tar
+
+static uint64_t tar_number(const char* field, size_t len, const std::string& where) {
+  // GNU base-256 for large values: high bit of the first byte set.
+  if (static_cast<unsigned char>(field[0]) & 0x80) {
+    uint64_t v = static_cast<unsigned char>(field[0]) & 0x7f;
+    for (size_t i = 1; i < len; ++i) v = (v << 8) | static_cast<unsigned char>(field[i]);
+    return v;
+  }
+  uint64_t v = 0;
+  size_t i = 0;
+  while (i < len && (field[i] == ' ' || field[i] == '\0')) ++i;
+  for (; i < len && field[i] >= '0' && field[i] <= '7'; ++i) v = v * 8 + uint64_t(field[i] - '0');
+  for (; i < len; ++i)
+    if (field[i] != ' ' && field[i] != '\0')
+      throw std::runtime_error(fmt::format("{}: corrupt tar header (bad octal field)", where));
+  return v;
+}
+
+static std::string cstr(const char* p, size_t max) { return std::string(p, strnlen(p, max)); }
+
+bool TarReader::next(TarEntry& e) {
+  std::string long_name;
+  for (;;) {
+    s_.skip_exact(next_header_ - s_.position(), "tar padding");
+    char h[512];
+    const std::string where = fmt::format("{}: tar header at byte {}", s_.name(), s_.position());
+    size_t got = s_.read(h, 512);
+    if (got == 0) return false;  // tolerate archives without the two zero blocks
+    if (got != 512) throw std::runtime_error(where + ": truncated");
+    if (std::all_of(h, h + 512, [](char c) { return c == 0; })) return false;
+    unsigned sum = 0;
+    for (int i = 0; i < 512; ++i) sum += (i >= 148 && i < 156) ? unsigned(' ') : static_cast<unsigned char>(h[i]);
+    if (sum != tar_number(h + 148, 8, where))
+      throw std::runtime_error(where + ": checksum mismatch (not a tar archive, or corrupt)");
+    e.type = h[156];
+    e.size = tar_number(h + 124, 12, where);
+    e.data_offset = s_.position();
+    next_header_ = e.data_offset + (e.size + 511) / 512 * 512;
+    if (e.type == 'L' || e.type == 'x') {  // GNU long name / pax extended header: the next entry's name
+      std::string data(size_t(e.size), '\0');
+      s_.read_exact(data.data(), data.size(), where + " (extended header)");
+      if (e.type == 'L') {
+        long_name = cstr(data.data(), data.size());
+      } else {
+        static const std::regex path_rec(R"((?:^|\n)\d+ path=([^\n]*)\n)");
+        std::smatch m;
+        if (std::regex_search(data, m, path_rec)) long_name = m[1];
+      }
+      continue;
+    }
+    if (!long_name.empty()) {
+      e.name = long_name;
+    } else {
+      std::string prefix = std::memcmp(h + 257, "ustar", 5) == 0 ? cstr(h + 345, 155) : "";
+      e.name = (prefix.empty() ? "" : prefix + "/") + cstr(h, 100);
+    }
+    return true;
+  }
+}
+
+std::vector<TarEntry> list_tar(ByteStream& s) {
+  std::vector<TarEntry> out;
+  TarReader r(s);
+  TarEntry e;
+  while (r.next(e))
+    if (e.is_file()) out.push_back(e);
+  return out;
+}
+
+// ----------------------------------------------------------------------------------------------- zip
+
+static uint16_t le16(const unsigned char* p) { return uint16_t(p[0] | (p[1] << 8)); }
+static uint32_t le32(const unsigned char* p) { return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24); }
+static uint64_t le64(const unsigned char* p) { return uint64_t(le32(p)) | (uint64_t(le32(p + 4)) << 32); }
+
+static std::vector<unsigned char> read_range(const std::string& path, uint64_t off, size_t n) {
+  auto f = open_file(path, off, int64_t(n));
+  std::vector<unsigned char> buf(n);
+  f->read_exact(buf.data(), n, fmt::format("zip structure at byte {}", off));
+  return buf;
+}
+
+ZipArchive::ZipArchive(const std::string& path) : path_(path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw std::runtime_error(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
+  const uint64_t size = uint64_t(st.st_size);
+  // The end-of-central-directory record is in the last 22 + 65535 bytes.
+  const uint64_t tail_len = std::min<uint64_t>(size, 22 + 65535);
+  auto tail = read_range(path, size - tail_len, size_t(tail_len));
+  int64_t eocd = -1;
+  for (int64_t i = int64_t(tail_len) - 22; i >= 0; --i)
+    if (le32(&tail[size_t(i)]) == 0x06054b50) {
+      eocd = i;
+      break;
+    }
+  if (eocd < 0)
+    throw std::runtime_error(fmt::format("{}: no zip end-of-central-directory record (not a zip/npz file, or truncated)", path));
+  const unsigned char* e = &tail[size_t(eocd)];
+  uint64_t count = le16(e + 10), cd_size = le32(e + 12), cd_off = le32(e + 16);
+  if (count == 0xffff || cd_size == 0xffffffffu || cd_off == 0xffffffffu) {  // zip64: locator just before
+    const uint64_t eocd_pos = size - tail_len + uint64_t(eocd);
+    if (eocd_pos < 20) throw std::runtime_error(path + ": corrupt zip64 locator");
+    auto loc = read_range(path, eocd_pos - 20, 20);
+    if (le32(loc.data()) != 0x07064b50) throw std::runtime_error(path + ": zip64 locator missing");
+    auto rec = read_range(path, le64(loc.data() + 8), 56);
+    if (le32(rec.data()) != 0x06064b50) throw std::runtime_error(path + ": zip64 end record missing");
+    count = le64(rec.data() + 32);
+    cd_size = le64(rec.data() + 40);
+    cd_off = le64(rec.data() + 48);
+  }
+  if (cd_off + cd_size > size) throw std::runtime_error(fmt::format("{}: central directory beyond the end of the file (truncated)", path));
+  auto cd = read_range(path, cd_off, size_t(cd_size));
+  size_t p = 0;
+  for (uint64_t i = 0; i < count; ++i) {
+    if (p + 46 > cd.size() || le32(&cd[p]) != 0x02014b50)
+      throw std::runtime_error(fmt::format("{}: corrupt central directory entry {}", path, i));
+    ZipEntry z;
+    z.method = le16(&cd[p + 10]);
+    z.crc32 = le32(&cd[p + 16]);
+    z.compressed_size = le32(&cd[p + 20]);
+    z.size = le32(&cd[p + 24]);
+    const size_t nlen = le16(&cd[p + 28]), xlen = le16(&cd[p + 30]), clen = le16(&cd[p + 32]);
+    z.local_header_offset = le32(&cd[p + 42]);
+    if (p + 46 + nlen + xlen + clen > cd.size()) throw std::runtime_error(fmt::format("{}: corrupt central directory entry {}", path, i));
+    z.name.assign(reinterpret_cast<const char*>(&cd[p + 46]), nlen);
+    // Zip64 extended information: only the fields that are 0xffffffff in the entry are present, in order.
+    for (size_t x = p + 46 + nlen; x + 4 <= p + 46 + nlen + xlen;) {
+      const uint16_t id = le16(&cd[x]), len = le16(&cd[x + 2]);
+      if (id == 0x0001) {
+        size_t q = x + 4;
+        if (z.size == 0xffffffffu) z.size = le64(&cd[q]), q += 8;
+        if (z.compressed_size == 0xffffffffu) z.compressed_size = le64(&cd[q]), q += 8;
+        if (z.local_header_offset == 0xffffffffu) z.local_header_offset = le64(&cd[q]);
+      }
+      x += 4 + len;
+    }
+    entries_.push_back(z);
+    p += 46 + nlen + xlen + clen;
+  }
+}
+
+const ZipEntry* ZipArchive::find(const std::string& name) const {
+  for (auto& e : entries_)
+    if (e.name == name) return &e;
+  return nullptr;
+}
+
+namespace {
+// Counts the CRC of what passes through and checks it when the whole entry has been read.
+class CrcCheckStream : public ByteStream {
+ public:
+  CrcCheckStream(std::unique_ptr<ByteStream> src, uint64_t size, uint32_t crc, std::string name)
+      : ByteStream(std::move(name)), src_(std::move(src)), size_(size), want_(crc) {}
+  size_t read(void* buf, size_t n) override {
+    n = size_t(std::min<uint64_t>(n, size_ - pos_));
+    size_t got = src_->read(buf, n);
+    crc_ = uint32_t(crc32_z(crc_, static_cast<const Bytef*>(buf), got));
+    pos_ += got;
+    if (pos_ == size_ && crc_ != want_)
+      throw std::runtime_error(fmt::format("{}: CRC32 mismatch (corrupt archive member)", name_));
+    return got;
+  }
+
+ private:
+  std::unique_ptr<ByteStream> src_;
+  uint64_t size_;
+  uint32_t want_, crc_ = 0;
+};
+}  // namespace
+
+std::unique_ptr<ByteStream> ZipArchive::open(const ZipEntry& e) const {
+  auto lh = read_range(path_, e.local_header_offset, 30);
+  if (le32(lh.data()) != 0x04034b50)
+    throw std::runtime_error(fmt::format("{}: member '{}': no local header at byte {}", path_, e.name, e.local_header_offset));
+  const uint64_t data = e.local_header_offset + 30 + le16(&lh[26]) + le16(&lh[28]);
+  auto raw = open_file(path_, data, int64_t(e.compressed_size));
+  const std::string name = fmt::format("{}:{}", path_, e.name);
+  if (e.method == 0) return std::make_unique<CrcCheckStream>(std::move(raw), e.size, e.crc32, name);
+  if (e.method == 8)
+    return std::make_unique<CrcCheckStream>(inflate_stream(std::move(raw), /*raw=*/true), e.size, e.crc32, name);
+  throw std::runtime_error(fmt::format("{}: compression method {} is not supported (only stored and deflate)", name, e.method));
+}
+
+// ----------------------------------------------------------------------------------------------- npy
+
+int64_t NpyHeader::count() const {
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  return n;
+}
+
+size_t NpyHeader::item_size() const {
+  size_t i = 0;
+  while (i < descr.size() && !std::isdigit(static_cast<unsigned char>(descr[i]))) ++i;
+  return i < descr.size() ? size_t(std::stoul(descr.substr(i))) : 0;
+}
+
+NpyHeader read_npy_header(ByteStream& s) {
+  unsigned char pre[10];
+  s.read_exact(pre, 10, "npy header");
+  if (std::memcmp(pre, "\x93NUMPY", 6) != 0) throw std::runtime_error(s.name() + ": not a .npy array (bad magic)");
+  size_t hlen;
+  if (pre[6] == 1) {
+    hlen = le16(pre + 8);
+  } else {
+    unsigned char more[2];
+    s.read_exact(more, 2, "npy header");
+    hlen = size_t(le16(pre + 8)) | (size_t(le16(more)) << 16);
+  }
+  std::string text(hlen, '\0');
+  s.read_exact(text.data(), hlen, "npy header");
+  NpyHeader h;
+  std::smatch m;
+  static const std::regex descr(R"('descr'\s*:\s*'([^']*)')"), fortran(R"('fortran_order'\s*:\s*(True|False))"),
+      shape(R"('shape'\s*:\s*\(([^)]*)\))");
+  if (!std::regex_search(text, m, descr)) throw std::runtime_error(s.name() + ": npy header has no descr: " + text);
+  h.descr = m[1];
+  if (std::regex_search(text, m, fortran)) h.fortran_order = m[1] == "True";
+  if (!std::regex_search(text, m, shape)) throw std::runtime_error(s.name() + ": npy header has no shape: " + text);
+  std::string dims = m[1];
+  static const std::regex num(R"(\d+)");
+  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), num); it != std::sregex_iterator(); ++it)
+    h.shape.push_back(std::stoll(it->str()));
+  return h;
+}
+
+}  // namespace cm::data

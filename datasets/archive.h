@@ -1,0 +1,90 @@
+// Reading the containers the published datasets come in, as bounded-memory streams: plain files, gzip
+// (.gz, .tar.gz, via zlib), tar archives, zip archives (.npz, stored or deflated, zip64) and .npy arrays.
+// Every error names the file and the byte position where it went wrong.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace cm::data {
+
+// A forward-only byte stream.
+class ByteStream {
+ public:
+  virtual ~ByteStream() = default;
+  // Reads up to n bytes; fewer only at the end of the stream.
+  virtual size_t read(void* buf, size_t n) = 0;
+  // Skips n bytes (by reading where the stream cannot seek); returns how many were skipped.
+  virtual uint64_t skip(uint64_t n);
+  uint64_t position() const { return pos_; }
+  const std::string& name() const { return name_; }
+  // Reads exactly n bytes or throws "<name>: truncated at byte <pos> while reading <what>".
+  void read_exact(void* buf, size_t n, const std::string& what);
+  void skip_exact(uint64_t n, const std::string& what);
+
+ protected:
+  explicit ByteStream(std::string name) : name_(std::move(name)) {}
+  uint64_t pos_ = 0;
+  std::string name_;
+};
+
+// A file read through a buffer; `offset`/`length` select a byte range (length < 0: to the end).
+std::unique_ptr<ByteStream> open_file(const std::string& path, uint64_t offset = 0, int64_t length = -1);
+// Inflates a zlib/gzip stream (`raw`: headerless deflate as inside zip). Gzip members may be concatenated.
+std::unique_ptr<ByteStream> inflate_stream(std::unique_ptr<ByteStream> src, bool raw = false);
+// A file, inflated when it starts with the gzip magic bytes.
+std::unique_ptr<ByteStream> open_maybe_gzip(const std::string& path);
+
+// Tar (ustar, GNU long names, pax path records). next() positions the stream at the entry's data.
+struct TarEntry {
+  std::string name;
+  uint64_t size = 0;
+  char type = '0';           // '0' file, '5' directory, ...
+  uint64_t data_offset = 0;  // position of the data in the (uncompressed) stream
+  bool is_file() const { return type == '0' || type == '\0' || type == '7'; }
+};
+class TarReader {
+ public:
+  explicit TarReader(ByteStream& s) : s_(s) {}
+  bool next(TarEntry& e);  // false at the end of the archive
+
+ private:
+  ByteStream& s_;
+  uint64_t next_header_ = 0;
+};
+// Entries (files only) of a tar stream, with their data offsets; reads through the whole stream.
+std::vector<TarEntry> list_tar(ByteStream& s);
+
+// Zip archive (for .npz). Entries are read as streams; a fully read deflated entry is checked against its CRC32.
+struct ZipEntry {
+  std::string name;
+  uint16_t method = 0;  // 0 stored, 8 deflate
+  uint64_t compressed_size = 0, size = 0;
+  uint64_t local_header_offset = 0;
+  uint32_t crc32 = 0;
+};
+class ZipArchive {
+ public:
+  explicit ZipArchive(const std::string& path);
+  const std::vector<ZipEntry>& entries() const { return entries_; }
+  const ZipEntry* find(const std::string& name) const;
+  std::unique_ptr<ByteStream> open(const ZipEntry& e) const;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::vector<ZipEntry> entries_;
+};
+
+// The header of a .npy array; the stream is left at the first data byte.
+struct NpyHeader {
+  std::string descr;  // e.g. "|u1", "<i8"
+  bool fortran_order = false;
+  std::vector<int64_t> shape;
+  int64_t count() const;
+  size_t item_size() const;  // from descr
+};
+NpyHeader read_npy_header(ByteStream& s);
+
+}  // namespace cm::data
