@@ -17,7 +17,7 @@ function(cm_cuda_compile_check name)
   # The stub directory comes first; the CUDA and NCCL headers are system headers (no warnings from them).
   target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR} ${stub_dir})
   target_include_directories(${name} SYSTEM PRIVATE ${CM_CUDA_INCLUDE_DIR} ${NCCL_INCLUDE_DIR})
-  target_compile_definitions(${name} PRIVATE CM_WITH_NCCL=1 CM_CUDA_COMPILE_CHECK=1)
+  target_compile_definitions(${name} PRIVATE CM_WITH_NCCL=1 CM_CUDA_COMPILE_CHECK=1 OMPI_SKIP_MPICXX=1 MPICH_SKIP_MPICXX=1)
   # Headers and flags of LibTorch, fmt and MPI, without linking anything.
   foreach(dep cm_torch fmt::fmt MPI::MPI_C)
     target_include_directories(${name} SYSTEM PRIVATE $<TARGET_PROPERTY:${dep},INTERFACE_INCLUDE_DIRECTORIES>)

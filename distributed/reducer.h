@@ -85,6 +85,9 @@ class GradReducer {
     torch::ScalarType dtype = torch::kFloat;
     std::vector<size_t> params;  // indices into the constructor's list, in bucket order
   };
+  // Switch overlap on or off between steps (benchmarks compare both on the same buckets).
+  void set_overlap(bool overlap);
+
   std::vector<BucketInfo> buckets() const;
   torch::Tensor bucket_tensor(size_t b) const;  // the flat storage of bucket b
   // Buckets launched from autograd hooks (i.e. overlapped with backward) in the last finished step.

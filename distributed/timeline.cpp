@@ -66,6 +66,11 @@ size_t Timeline::events() const {
   return events_.size();
 }
 
+std::vector<Timeline::Event> Timeline::snapshot() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return events_;
+}
+
 void Timeline::write() const {
   if (!enabled()) return;
   std::string out = "{\"traceEvents\": [\n";

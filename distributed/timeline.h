@@ -54,16 +54,17 @@ class Timeline {
     return Scope(enabled() ? this : nullptr, std::move(name), std::move(category));
   }
 
+  struct Event {
+    std::string name, category, args;
+    int64_t ts, dur;  // microseconds
+    int tid;
+  };
   size_t events() const;
+  std::vector<Event> snapshot() const;
   // Writes the whole trace (to PATH.tmp, then renamed over PATH). Throws on I/O errors.
   void write() const;
 
  private:
-  struct Event {
-    std::string name, category, args;
-    int64_t ts, dur;
-    int tid;
-  };
   int tid_locked();
 
   std::string path_;
