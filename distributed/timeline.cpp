@@ -26,7 +26,9 @@ std::string json_escape(const std::string& s) {
 }
 }  // namespace
 
-Timeline::Timeline(std::string path, int rank) : path_(std::move(path)), rank_(rank) {}
+Timeline::Timeline(std::string path, int rank) : path_(std::move(path)), rank_(rank) {
+  tid_locked();  // the constructing thread is tid 0, "main"
+}
 
 Timeline::~Timeline() {
   if (!enabled()) return;

@@ -10,6 +10,7 @@
 #include "distributed/log.h"
 #include "distributed/reducer.h"
 #include "distributed/synthetic.h"
+#include "distributed/timeline.h"
 #include "distributed/world.h"
 #include "launch/command.h"
 
@@ -17,7 +18,7 @@ namespace cm::cli {
 namespace {
 
 const char* kHelp = R"(Usage: mpirun -np W cm bench allreduce [--params 56e6] [--bucket-mb 25] [--iters 5]
-                                    [--layers 64] [--backward-ms MS] [--device auto|cpu|cuda]
+                                    [--layers 64] [--backward-ms MS] [--device auto|cpu|cuda] [--trace DIR]
 
 Measures gradient communication on the W ranks of the job (float32):
   flat      one all-reduce (MPI_Allreduce on CPU, ncclAllReduce on GPUs) over a single buffer of PARAMS values
@@ -28,7 +29,14 @@ Measures gradient communication on the W ranks of the job (float32):
             with overlap (each bucket as soon as its gradients are ready)
 Times are medians over ITERS runs after one warm-up, taken on rank 0 after a barrier. Reports the bus
 bandwidth, bucketed / flat (target: within 10 %) and the share of the communication hidden behind backward
-(target: at least half when communication is shorter than backward). Also checks the reduced values.)";
+(target: at least half when communication is shorter than backward). Also checks the reduced values.
+--trace DIR writes DIR/trace-rank<R>.json (Chrome trace: backward, reduction, each bucket's all-reduce).
+
+Note on the flat baseline with MPI: Open MPI allocates a scratch buffer of the message's size in every
+MPI_Allreduce. Above glibc's mmap threshold (at most 32 MB; and always for more than 64 MB on a thread other
+than main, like the communication thread) that buffer is mapped and unmapped per call, and its page faults
+can dominate one huge all-reduce on a node. Buckets of ~25 MB avoid this, so "bucketed" can be well below
+"flat"; compare against a plain MPI program when judging the network itself.)";
 
 using Clock = std::chrono::steady_clock;
 
@@ -65,7 +73,7 @@ struct Bench {
 };
 
 int run_allreduce(const Args& args) {
-  args.check_known({"params", "bucket-mb", "iters", "layers", "backward-ms", "device"});
+  args.check_known({"params", "bucket-mb", "iters", "layers", "backward-ms", "device", "trace"});
   const auto params = static_cast<int64_t>(args.double_or("params", 56e6));
   const double bucket_mb = args.double_or("bucket-mb", 25.0);
   const int64_t iters = args.int_or("iters", 5), layers = args.int_or("layers", 64);
@@ -77,6 +85,9 @@ int run_allreduce(const Args& args) {
   const dist::World& w = dist::World::init(wo);
   {
     Bench b{w, dist::Communicator::create(w, w.device), iters};
+    const std::string trace_dir = args.opt_or("trace", "");
+    dist::Timeline tl(trace_dir.empty() ? "" : fmt::format("{}/trace-rank{}.json", trace_dir, w.rank), w.rank);
+    b.comm->set_timeline(&tl);
     const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(w.device);
     const double bytes = static_cast<double>(params) * 4.0;
     const double busbw = 2.0 * (w.size - 1) / w.size * bytes / 1e9;  // GB moved per rank, ring algorithm
@@ -108,18 +119,21 @@ int run_allreduce(const Args& args) {
     model.backward_ms = backward_ms;
     const double t_bwd = b.measure([&] { red.prepare(); }, [&] {
       auto ns = red.no_sync();
+      auto s = tl.scope("backward (alone)");
       model.loss().backward();
     });
+    auto step = [&](const char* what) {
+      {
+        auto s = tl.scope(fmt::format("backward ({})", what));
+        model.loss().backward();
+      }
+      auto s = tl.scope(fmt::format("reducer.finish ({})", what));
+      red.finish();
+    };
     red.set_overlap(false);
-    const double t_plain = b.measure([&] { red.prepare(); }, [&] {
-      model.loss().backward();
-      red.finish();
-    });
+    const double t_plain = b.measure([&] { red.prepare(); }, [&] { step("no overlap"); });
     red.set_overlap(true);
-    const double t_overlap = b.measure([&] { red.prepare(); }, [&] {
-      model.loss().backward();
-      red.finish();
-    });
+    const double t_overlap = b.measure([&] { red.prepare(); }, [&] { step("overlap"); });
     const size_t overlapped = red.launched_during_backward();
     for (size_t i = 0; i < model.params.size(); ++i)
       ok = ok && torch::equal(model.params[i].grad(), torch::full_like(model.params[i], dist::SyntheticModel::grad_value(i)));
@@ -138,6 +152,7 @@ int run_allreduce(const Args& args) {
     dist::log0("  step, overlap                   {:9.2f} ms   hides {:.0f} % of the bucketed communication "
                "({} of {} buckets launched during backward)  [target >= 50 %]",
                t_overlap, 100.0 * hidden, overlapped, nb);
+    b.comm->set_timeline(nullptr);
     if (!ok) throw std::runtime_error("bench allreduce: reduced values are wrong on some rank");
     dist::log0("  verified: buckets and gradients hold the averages over all ranks");
   }

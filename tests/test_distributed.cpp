@@ -106,6 +106,7 @@ TEST(DistChecksum, SensitiveToEveryBitShapeAndDtype) {
   auto c = torch::zeros({3}, torch::kByte), d = c.clone();
   d[2] = 1;
   EXPECT_NE(tensors_checksum({c}), tensors_checksum({d}));
+  world();
   check_same_on_all_ranks({{"a", {a}}}, 0);  // a world of one always agrees
   ConsistencyCheck every3(3);
   EXPECT_TRUE(every3.maybe(6, {{"a", {a}}}));
