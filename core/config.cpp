@@ -171,7 +171,8 @@ std::vector<std::string> list_recipes() {
   std::set<std::string> names;
   for (auto& d : recipe_search_path())
     for (auto& e : fs::directory_iterator(d))
-      if (e.is_regular_file() && e.path().extension() == ".toml") names.insert(e.path().stem().string());
+      if (e.is_regular_file() && e.path().extension() == ".toml" && e.path().stem().string()[0] != '_')
+        names.insert(e.path().stem().string());
   return {names.begin(), names.end()};
 }
 
@@ -322,6 +323,16 @@ Config Config::compose(const std::string& recipe, const std::vector<std::string>
   out.recipe_path_ = path;
   out.overrides_ = overrides;
   toml::table& root = out.impl_->root;
+  // _base.toml (first found on the group search path) holds the keys every recipe has, with their
+  // defaults, so that `run.dir=...` or `train.seed=3` work as plain overrides.
+  for (auto& d : dirs) {
+    std::error_code ec;
+    fs::path base = fs::path(d) / "_base.toml";
+    if (fs::is_regular_file(base, ec)) {
+      merge_into(root, load_file(base.string()).impl_->root);
+      break;
+    }
+  }
   for (auto& [group, option] : defaults) {
     std::string file = find_group_file(dirs, group, option, fmt::format("{} (defaults)", path));
     Config g = load_file(file);

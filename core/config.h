@@ -28,7 +28,8 @@ class Config {
   static Config load_file(const std::string& path);
 
   // Compose a recipe: `recipe` is a file path or a bare name looked up in the recipe search path
-  // (CM_RECIPE_PATH entries, then the source tree's recipes/configs). Overrides are applied last:
+  // (CM_RECIPE_PATH entries, then the source tree's recipes/configs). Order: _base.toml of the search
+  // path (keys every recipe has), then the `defaults` groups, then the recipe's own keys, then overrides:
   //   a.b=v      set an existing key (value parsed as TOML; bare words are strings)
   //   group=opt  choose another option of a config group listed in `defaults`
   //   +a.b=v     add a key that is not in the composed config

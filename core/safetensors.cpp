@@ -13,6 +13,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <torch/torch.h>
+#include "core/json.h"
 
 namespace cm {
 
@@ -39,133 +40,6 @@ const char* dtype_name(torch::ScalarType t) {
     if (d.type == t) return d.name;
   throw std::runtime_error(fmt::format("safetensors: unsupported dtype {}", c10::toString(t)));
 }
-
-std::string json_escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '"' || c == '\\') o += '\\', o += c;
-    else if (static_cast<unsigned char>(c) < 0x20) o += fmt::format("\\u{:04x}", static_cast<int>(c));
-    else o += c;
-  }
-  return o;
-}
-
-// Minimal JSON reader for the header: objects, arrays, strings, integers.
-struct Json {
-  enum Kind { Obj, Arr, Str, Num } kind = Num;
-  std::vector<std::pair<std::string, Json>> obj;
-  std::vector<Json> arr;
-  std::string str;
-  int64_t num = 0;
-};
-
-class JsonParser {
- public:
-  JsonParser(const std::string& s, const std::string& origin) : s_(s), origin_(origin) {}
-  Json parse() {
-    Json j = value();
-    ws();
-    if (i_ != s_.size()) fail("trailing characters after the header object");
-    return j;
-  }
-
- private:
-  [[noreturn]] void fail(const std::string& what) {
-    throw std::runtime_error(fmt::format("{}: bad safetensors header at byte {}: {}", origin_, i_, what));
-  }
-  void ws() {
-    while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_;
-  }
-  char peek() {
-    ws();
-    if (i_ >= s_.size()) fail("unexpected end");
-    return s_[i_];
-  }
-  void expect(char c) {
-    if (peek() != c) fail(fmt::format("expected '{}'", c));
-    ++i_;
-  }
-  std::string string() {
-    expect('"');
-    std::string out;
-    while (true) {
-      if (i_ >= s_.size()) fail("unterminated string");
-      char c = s_[i_++];
-      if (c == '"') break;
-      if (c == '\\') {
-        if (i_ >= s_.size()) fail("bad escape");
-        char e = s_[i_++];
-        switch (e) {
-          case 'n': out += '\n'; break;
-          case 't': out += '\t'; break;
-          case 'r': out += '\r'; break;
-          case 'b': out += '\b'; break;
-          case 'f': out += '\f'; break;
-          case 'u': {
-            if (i_ + 4 > s_.size()) fail("bad \\u escape");
-            unsigned cp = std::stoul(s_.substr(i_, 4), nullptr, 16);
-            i_ += 4;
-            if (cp < 0x80) out += static_cast<char>(cp);
-            else if (cp < 0x800) out += static_cast<char>(0xC0 | (cp >> 6)), out += static_cast<char>(0x80 | (cp & 0x3F));
-            else
-              out += static_cast<char>(0xE0 | (cp >> 12)), out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F)),
-                  out += static_cast<char>(0x80 | (cp & 0x3F));
-            break;
-          }
-          default: out += e;
-        }
-      } else {
-        out += c;
-      }
-    }
-    return out;
-  }
-  Json value() {
-    char c = peek();
-    Json j;
-    if (c == '{') {
-      j.kind = Json::Obj;
-      ++i_;
-      if (peek() == '}') return ++i_, j;
-      while (true) {
-        std::string k = string();
-        expect(':');
-        j.obj.emplace_back(k, value());
-        if (peek() == ',') { ++i_; continue; }
-        expect('}');
-        return j;
-      }
-    }
-    if (c == '[') {
-      j.kind = Json::Arr;
-      ++i_;
-      if (peek() == ']') return ++i_, j;
-      while (true) {
-        j.arr.push_back(value());
-        if (peek() == ',') { ++i_; continue; }
-        expect(']');
-        return j;
-      }
-    }
-    if (c == '"') {
-      j.kind = Json::Str;
-      j.str = string();
-      return j;
-    }
-    if (c == '-' || std::isdigit(static_cast<unsigned char>(c))) {
-      size_t start = i_;
-      if (s_[i_] == '-') ++i_;
-      while (i_ < s_.size() && std::isdigit(static_cast<unsigned char>(s_[i_]))) ++i_;
-      j.kind = Json::Num;
-      j.num = std::stoll(s_.substr(start, i_ - start));
-      return j;
-    }
-    fail(fmt::format("unexpected character '{}'", c));
-  }
-  const std::string& s_;
-  std::string origin_;
-  size_t i_ = 0;
-};
 
 }  // namespace
 
@@ -214,7 +88,7 @@ TensorFile parse_safetensors(const std::string& bytes, const std::string& origin
     throw std::runtime_error(fmt::format("{}: safetensors header size {} exceeds the file ({} bytes): truncated or not "
                                          "a safetensors file", origin, n, bytes.size()));
   std::string header = bytes.substr(8, n);
-  Json root = JsonParser(header, origin).parse();
+  Json root = parse_json(header, origin);
   if (root.kind != Json::Obj) throw std::runtime_error(fmt::format("{}: safetensors header is not an object", origin));
   const size_t data_start = 8 + n, data_size = bytes.size() - data_start;
   TensorFile f;
@@ -228,8 +102,8 @@ TensorFile parse_safetensors(const std::string& bytes, const std::string& origin
     int64_t begin = -1, end = -1;
     for (auto& [k, v] : e.obj) {
       if (k == "dtype") dtype = v.str;
-      else if (k == "shape") for (auto& d : v.arr) shape.push_back(d.num);
-      else if (k == "data_offsets" && v.arr.size() == 2) begin = v.arr[0].num, end = v.arr[1].num;
+      else if (k == "shape") for (auto& d : v.arr) shape.push_back(d.integer);
+      else if (k == "data_offsets" && v.arr.size() == 2) begin = v.arr[0].integer, end = v.arr[1].integer;
     }
     auto it = std::find_if(std::begin(kDtypes), std::end(kDtypes), [&](auto& d) { return dtype == d.name; });
     if (it == std::end(kDtypes)) throw std::runtime_error(fmt::format("{}: tensor '{}' has unsupported dtype '{}'", origin, name, dtype));

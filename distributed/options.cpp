@@ -6,13 +6,6 @@
 
 namespace cm::dist {
 
-WorldOptions DistOptions::world() const {
-  WorldOptions w;
-  w.device = device;
-  w.timeout_s = timeout_s;
-  return w;
-}
-
 ReducerOptions DistOptions::reducer() const {
   ReducerOptions r;
   r.bucket_mb = bucket_mb;
@@ -26,15 +19,9 @@ std::string DistOptions::trace_path(int rank) const {
 
 DistOptions read_dist_options(ConfigReader& r) {
   DistOptions o;
-  o.device = r.get_choice("device", o.device, {"auto", "cpu", "cuda"});
   o.bucket_mb = r.get_double("bucket_mb", o.bucket_mb);
   if (!(o.bucket_mb > 0)) throw ConfigError(fmt::format("{} must be > 0 (got {})", r.key_path("bucket_mb"), o.bucket_mb));
   o.overlap = r.get_bool("overlap", o.overlap);
-  o.timeout_s = r.get_double("timeout_s", o.timeout_s);
-  if (o.timeout_s < 0) throw ConfigError(fmt::format("{} must be >= 0 (0 = off), got {}", r.key_path("timeout_s"), o.timeout_s));
-  o.check_every = r.get_int("check_every", o.check_every);
-  if (o.check_every < 0)
-    throw ConfigError(fmt::format("{} must be >= 0 (0 = never), got {}", r.key_path("check_every"), o.check_every));
   o.trace_dir = r.get_string("trace_dir", o.trace_dir);
   return o;
 }

@@ -1,16 +1,14 @@
-// The `dist` config section, bound once into DistOptions (keys, defaults and meaning below):
+// The `dist` config section: how gradients travel between ranks, bound once into DistOptions.
 //   [dist]
-//   device      = "auto"  # auto | cpu | cuda  (auto: cuda:<local rank> when available)
 //   bucket_mb   = 25.0    # gradient bucket capacity (MiB)
 //   overlap     = true    # all-reduce buckets during backward
-//   timeout_s   = 600.0   # watchdog: a collective longer than this aborts the job (0 = off)
-//   check_every = 1000    # steps between cross-rank consistency checks of params / EMAs (0 = never)
 //   trace_dir   = ""      # write trace-rank<R>.json Chrome timelines there ("" = off)
+// The other multi-rank settings belong to the run and live in [train]: device (which GPU or the CPU),
+// watchdog_s (the watchdog's timeout, WorldOptions::timeout_s) and check_every (cross-rank weight checks).
 #pragma once
 #include <cstdint>
 #include <string>
 #include "distributed/reducer.h"
-#include "distributed/world.h"
 
 namespace cm {
 class ConfigReader;
@@ -19,14 +17,10 @@ class ConfigReader;
 namespace cm::dist {
 
 struct DistOptions {
-  std::string device = "auto";
   double bucket_mb = 25.0;
   bool overlap = true;
-  double timeout_s = 600.0;
-  int64_t check_every = 1000;
   std::string trace_dir;
 
-  WorldOptions world() const;
   ReducerOptions reducer() const;
   // "" when tracing is off, else trace_dir/trace-rank<rank>.json
   std::string trace_path(int rank) const;

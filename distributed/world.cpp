@@ -52,6 +52,12 @@ std::vector<std::string> gather_strings(MPI_Comm comm, const std::string& mine) 
 
 }  // namespace
 
+bool launched_by_mpi() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
 torch::Device pick_device(const std::string& request, bool cuda_built, int local_rank, int local_size,
                           int visible_gpus, bool same_visibility, const std::string& host) {
   if (request == "cpu") return torch::kCPU;

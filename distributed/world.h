@@ -46,6 +46,11 @@ struct World {
   static void finalize();
 };
 
+// True when the environment says a launcher started this process (mpirun: OMPI_COMM_WORLD_SIZE; srun and
+// other PMI launchers: PMIX_RANK, PMI_SIZE, PMI_RANK). `cm train` starts MPI only then, so that a plain
+// `cm train` stays an ordinary single process (an MPI singleton start-up can be slow or fail in containers).
+bool launched_by_mpi();
+
 // The device rule, separated for tests. `visible_gpus` = torch::cuda::device_count() on this rank;
 // `same_visibility` = all ranks of the node see the same CUDA_VISIBLE_DEVICES (then rank i takes GPU i and
 // the node needs local_size GPUs); otherwise the launcher gave each rank its own GPUs and it takes GPU 0.

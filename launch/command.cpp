@@ -63,6 +63,29 @@ double Args::double_or(const std::string& name, double def) const {
     throw std::invalid_argument(fmt::format("option --{} expects a number, got '{}'", name, *v));
   }
 }
+std::vector<int64_t> Args::int_list_or(const std::string& name, const std::vector<int64_t>& def) const {
+  auto v = opt(name);
+  if (!v) return def;
+  std::vector<int64_t> out;
+  size_t start = 0;
+  while (start <= v->size()) {
+    size_t end = v->find(',', start);
+    if (end == std::string::npos) end = v->size();
+    const std::string item = v->substr(start, end - start);
+    if (!item.empty()) {
+      try {
+        size_t pos = 0;
+        out.push_back(std::stoll(item, &pos));
+        if (pos != item.size()) throw std::invalid_argument("");
+      } catch (...) {
+        throw std::invalid_argument(fmt::format("option --{} expects comma-separated integers, got '{}'", name, *v));
+      }
+    }
+    start = end + 1;
+  }
+  return out;
+}
+
 std::vector<std::string> Args::overrides() const {
   std::vector<std::string> r;
   for (auto& p : positional_)

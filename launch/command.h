@@ -19,6 +19,8 @@ class Args {
   std::string opt_or(const std::string& name, const std::string& def) const;
   int64_t int_or(const std::string& name, int64_t def) const;
   double double_or(const std::string& name, double def) const;
+  // A comma-separated list of integers ("0,22,39"); `def` when the option is absent.
+  std::vector<int64_t> int_list_or(const std::string& name, const std::vector<int64_t>& def) const;
   const std::vector<std::string>& positional() const { return positional_; }
   // Positionals that look like overrides (contain '=' or start with '+'/'~') and those that do not.
   std::vector<std::string> overrides() const;

@@ -278,15 +278,20 @@ TEST(DistTimeline, WritesChromeTrace) {
 }
 
 TEST(DistOptions, BindsDistSection) {
-  auto cfg = Config::parse("[dist]\nbucket_mb = 4\ntimeout_s = 30.0\ncheck_every = 50\ntrace_dir = \"/tmp/t\"\n");
+  auto cfg = Config::parse("[dist]\nbucket_mb = 4\noverlap = false\ntrace_dir = \"/tmp/t\"\n");
   ConfigReader r(cfg, "dist");
   const auto o = read_dist_options(r);
   r.finish();
   EXPECT_DOUBLE_EQ(o.bucket_mb, 4.0);
-  EXPECT_DOUBLE_EQ(o.world().timeout_s, 30.0);
-  EXPECT_EQ(o.check_every, 50);
+  EXPECT_DOUBLE_EQ(o.reducer().bucket_mb, 4.0);
+  EXPECT_FALSE(o.reducer().overlap);
   EXPECT_EQ(o.trace_path(3), "/tmp/t/trace-rank3.json");
-  EXPECT_TRUE(o.reducer().overlap);
+  EXPECT_EQ(DistOptions().trace_path(0), "");
+  // The watchdog timeout and the check interval are train.watchdog_s / train.check_every, not dist keys.
+  auto moved = Config::parse("[dist]\ntimeout_s = 30.0\n");
+  ConfigReader rm(moved, "dist");
+  read_dist_options(rm);
+  EXPECT_THROW(rm.finish(), ConfigError);
   auto bad = Config::parse("[dist]\nbucket_mb = -1\n");
   ConfigReader rb(bad, "dist");
   const auto msg = error_of([&] { read_dist_options(rb); });

@@ -27,11 +27,14 @@ inline std::string self_exe() {
   return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
 }
 
-// `timeout -k 5` ends mpirun (and with it the ranks) if the job itself hangs; rc 124 then.
+// `timeout -k 5` ends mpirun (and with it the ranks) if the job itself hangs; rc 124 then. The vader BTL's
+// single-copy mechanism needs ptrace rights that containers often lack, so it is off; one OpenMP thread
+// per rank, since the ranks share few cores.
 inline MpiRun mpirun(int np, const std::string& command, const std::map<std::string, std::string>& env,
                      double timeout_s) {
-  std::string cmd = "timeout -k 5 " + std::to_string(static_cast<int>(timeout_s)) + " " + mpiexec() +
-                    " --allow-run-as-root --oversubscribe --bind-to none -np " + std::to_string(np);
+  std::string cmd = "OMPI_MCA_btl_vader_single_copy_mechanism=none OMP_NUM_THREADS=1 timeout -k 5 " +
+                    std::to_string(static_cast<int>(timeout_s)) + " " + mpiexec() +
+                    " --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS -np " + std::to_string(np);
   for (auto& [k, v] : env) cmd += " -x " + k + "='" + v + "'";
   cmd += " " + command;
   MpiRun r;

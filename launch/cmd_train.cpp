@@ -1,0 +1,61 @@
+// `cm train`: train a recipe on this process (or as one rank of an mpirun/srun job).
+#include <fmt/format.h>
+#include "launch/command.h"
+#include "recipes/recipe.h"
+#include "recipes/trainer.h"
+#include "distributed/communicator.h"  // Communicator::create: NCCL for a GPU, MPI for the CPU
+#include "distributed/guard.h"         // run_guarded: a rank that throws aborts the whole job
+#include "distributed/world.h"         // World::init under mpirun/srun
+
+namespace cm::cli {
+namespace {
+
+const char* kHelp = R"(Usage: cm train RECIPE [OVERRIDES...] [--quiet]
+
+Train RECIPE (a name from `cm config --list` or a .toml path) with the given overrides, e.g.
+  cm train toy_ct train.steps=2000 run.dir=runs/my_ct
+Under mpirun/srun each process is one rank: train.batch is the global batch, split evenly over the ranks;
+gradients are averaged in buckets during backward (NCCL on GPUs, MPI on CPUs, see the [dist] keys); only
+rank 0 prints and writes the run directory. A rank that fails aborts the whole job; a collective that waits
+longer than train.watchdog_s aborts it too.
+Progress lines show step, loss, schedule (N, mu), images/s and ETA. The run directory (run.dir, default
+runs/RECIPE) receives config.toml, overrides.txt, meta.json, metrics.jsonl, samples/*.png, samples.png,
+model.safetensors, ema_<rate>.safetensors and final.json.
+
+Options:  --quiet   no progress lines)";
+
+int run(const std::vector<std::string>& argv) {
+  if (wants_help(argv, kHelp)) return 0;
+  Args args(argv, {"quiet"});
+  args.check_known({"quiet"});
+  auto plain = args.plain();
+  if (plain.size() != 1) throw std::invalid_argument("expected exactly one RECIPE (see `cm train --help`)");
+  TrainerOptions opt;
+  opt.quiet = args.flag("quiet");
+  Recipe r = Recipe::load(plain[0], args.overrides());
+  // Without a launcher this stays a plain process (no MPI); under mpirun/srun every rank joins the world.
+  if (!dist::launched_by_mpi()) {
+    Trainer(std::move(r), opt).run();
+    return 0;
+  }
+  return dist::run_guarded([&] {
+    dist::WorldOptions wo;
+    wo.device = r.train.device;
+    wo.timeout_s = r.train.watchdog_s;  // the watchdog: a collective that takes longer aborts the job
+    const dist::World& w = dist::World::init(wo);
+    {
+      TrainerOptions ranked = opt;
+      ranked.rank = w.rank, ranked.world = w.size, ranked.local_rank = w.local_rank, ranked.local_size = w.local_size;
+      ranked.comm = dist::Communicator::create(w, w.device);
+      Trainer trainer(std::move(r), std::move(ranked));
+      trainer.run();
+    }  // the trainer holds the only reference to the communicator: both go before MPI does
+    dist::World::finalize();
+    return 0;
+  });
+}
+
+CommandRegistration reg({"train", "train a recipe (single process, or one rank under mpirun/srun)", kHelp, run});
+
+}  // namespace
+}  // namespace cm::cli

@@ -1,0 +1,252 @@
+// EDM, CD, CT and iCT objectives (see objectives.h).
+#include "recipes/objectives.h"
+
+#include <cmath>
+#include <fmt/format.h>
+#include <torch/torch.h>
+#include "core/distance.h"
+#include "core/ema.h"
+#include "core/karras.h"
+#include "core/network.h"
+#include "core/ode.h"
+
+namespace cm {
+
+NamedTensors network_state(torch::nn::Module& net) {
+  NamedTensors out;
+  for (auto& p : net.named_parameters()) out.emplace_back(p.key(), p.value());
+  for (auto& b : net.named_buffers()) out.emplace_back(b.key(), b.value());
+  return out;
+}
+
+void load_network_weights(torch::nn::Module& net, const std::string& path) {
+  TensorFile f = load_safetensors(path);
+  std::vector<std::string> missing, mis_shaped, unexpected;
+  auto own = network_state(net);
+  std::set<std::string> names;
+  for (auto& [n, t] : own) {
+    names.insert(n);
+    const torch::Tensor* src = f.find(n);
+    if (!src) missing.push_back(n);
+    else if (src->sizes() != t.sizes())
+      mis_shaped.push_back(fmt::format("{} (file {}, network {})", n, c10::str(src->sizes()), c10::str(t.sizes())));
+  }
+  for (auto& [n, t] : f.tensors)
+    if (!names.count(n)) unexpected.push_back(n);
+  if (!missing.empty() || !mis_shaped.empty() || !unexpected.empty())
+    throw std::runtime_error(fmt::format("{}: weights do not match the network: missing [{}], unexpected [{}], mis-shaped [{}]",
+                                         path, fmt::join(missing, ", "), fmt::join(unexpected, ", "), fmt::join(mis_shaped, ", ")));
+  torch::NoGradGuard ng;
+  for (auto& [n, t] : own) t.copy_(*f.find(n));
+}
+
+namespace {
+
+std::vector<torch::Tensor> params_of(const NetworkPtr& n) { return n->parameters(); }
+
+// Draws made for the whole global batch from (seed, step, stream), on the training device; rows sliced.
+torch::Tensor global_randn(const StepInfo& s, uint64_t stream, torch::IntArrayRef per_sample_shape) {
+  seed_default_generator(s.device, derive_seed(s.seed, stream, static_cast<uint64_t>(s.step)));
+  std::vector<int64_t> shape = {s.rows.global};
+  shape.insert(shape.end(), per_sample_shape.begin(), per_sample_shape.end());
+  return torch::randn(shape, torch::TensorOptions().device(s.device)).narrow(0, s.rows.offset, s.rows.count);
+}
+
+torch::Tensor global_uniform(const StepInfo& s, uint64_t stream) {
+  seed_default_generator(s.device, derive_seed(s.seed, stream, static_cast<uint64_t>(s.step)));
+  return torch::rand({s.rows.global}, torch::TensorOptions().device(s.device).dtype(torch::kFloat64))
+      .narrow(0, s.rows.offset, s.rows.count);
+}
+
+// Reseeds dropout for (seed, step, rank) and returns a snapshot so the target pass can reuse the masks.
+GeneratorSnapshot seed_dropout(const StepInfo& s) {
+  seed_default_generator(s.device, derive_seed(s.seed, /*stream: dropout*/ 7, static_cast<uint64_t>(s.step),
+                                               static_cast<uint64_t>(s.rank) * 1000003ull + s.rows.offset));
+  return GeneratorSnapshot(s.device);
+}
+
+enum Stream : uint64_t { kNoise = 3, kIndex = 4, kSigma = 5 };
+
+// ---------------------------------------------------------------------------------------------------
+class EdmObjective : public Objective {
+ public:
+  EdmObjective(const Recipe& r, NetworkPtr net, Preconditioning p) : m_(r.method) {
+    student_ = std::move(net);
+    precond_ = p;
+    precond_.kind = Preconditioning::Edm;
+  }
+  torch::Tensor loss(const Batch& b, const StepInfo& s) override {
+    auto x = b.x;
+    auto n = global_randn(s, kSigma, {});
+    auto sigma = torch::exp(m_.p_mean + m_.p_std * n).to(x.scalar_type());
+    auto z = global_randn(s, kNoise, x.sizes().slice(1));
+    seed_dropout(s);
+    auto denoised = precondition(*student_, precond_, x + append_dims(sigma, x.dim()) * z, sigma, b.labels);
+    const double sd = m_.range.sigma_data;
+    auto weight = (sigma * sigma + sd * sd) / (sigma * sd).square();
+    return (weight * l2_distance(denoised, x)).mean();
+  }
+
+ private:
+  MethodConfig m_;
+};
+
+// ---------------------------------------------------------------------------------------------------
+class ConsistencyObjective : public Objective {
+ public:
+  ConsistencyObjective(const Recipe& r, NetworkPtr student, NetworkPtr target, Preconditioning p, DenoiserFn teacher,
+                       NetworkPtr teacher_net)
+      : m_(r.method), target_(std::move(target)), teacher_(std::move(teacher)), teacher_net_(std::move(teacher_net)) {
+    student_ = std::move(student);
+    precond_ = p;
+    precond_.kind = Preconditioning::Consistency;
+    if (m_.metric == Metric::Lpips)
+      throw std::runtime_error("method.metric = \"lpips\" needs the LPIPS network, which this build does not have yet; "
+                               "use l2, l1 or pseudo_huber");
+    if (target_) copy_params(target_->parameters(), student_->parameters());
+  }
+
+  int64_t num_scales(int64_t k) const {
+    if (m_.schedule == "ct") return m_.ct.num_scales(k);
+    if (m_.schedule == "ict") return m_.ict.num_scales(k);
+    return m_.num_scales;
+  }
+  double target_ema(int64_t k) const {
+    if (m_.schedule == "ct") return m_.ct.target_ema(k);
+    if (m_.schedule == "ict") return 0.0;
+    return m_.mu;
+  }
+
+  std::map<std::string, double> schedule(int64_t k) const override {
+    return {{"N", static_cast<double>(num_scales(k))}, {"mu", target_ema(k)}};
+  }
+
+  torch::Tensor loss(const Batch& b, const StepInfo& s) override {
+    const auto& x = b.x;
+    const int64_t nd = x.dim();
+    const auto grid = karras_grid(num_scales(s.step), m_.range);
+    // Pair index n in [0, N-2]: uniform, or iCT's discretized lognormal, drawn for the global batch.
+    auto u = global_uniform(s, kIndex);
+    std::vector<double> cdf;
+    if (m_.index_sampling == "lognormal") {
+      auto p = lognormal_pair_probs(grid, m_.p_mean, m_.p_std);
+      double acc = 0;
+      for (double v : p) cdf.push_back(acc += v);
+    } else {
+      const double n = static_cast<double>(grid.size() - 1);
+      for (size_t i = 1; i < grid.size(); ++i) cdf.push_back(static_cast<double>(i) / n);
+    }
+    cdf.back() = 1.0 + 1e-12;  // guard against u rounding past the last bucket
+    auto cdf_t = torch::tensor(cdf, torch::TensorOptions().dtype(torch::kFloat64).device(s.device));
+    auto idx = torch::searchsorted(cdf_t, u, /*out_int32=*/false, /*right=*/true).clamp_max(static_cast<int64_t>(grid.size()) - 2);
+    auto grid_t = torch::tensor(grid, torch::TensorOptions().dtype(torch::kFloat64).device(s.device));
+    auto t_lo = grid_t.index_select(0, idx).to(x.scalar_type());      // t_n
+    auto t_hi = grid_t.index_select(0, idx + 1).to(x.scalar_type());  // t_{n+1}
+
+    auto z = global_randn(s, kNoise, x.sizes().slice(1));
+    auto x_hi = x + append_dims(t_hi, nd) * z;
+    torch::Tensor x_lo;
+    if (m_.name == "cd") {
+      torch::NoGradGuard ng;
+      x_lo = ode_step(m_.solver, teacher_, x_hi, t_hi, t_lo, b.labels);
+    } else {
+      x_lo = x + append_dims(t_lo, nd) * z;  // CT: the same z on both sides
+    }
+
+    // Identical dropout masks for the student and target passes: same generator state before each.
+    auto snap = seed_dropout(s);
+    auto f_student = precondition(*student_, precond_, x_hi, t_hi, b.labels);
+    snap.restore();
+    torch::Tensor f_target;
+    NetworkImpl& tnet = target_ ? *target_ : *student_;
+    if (m_.stop_gradient) {
+      torch::NoGradGuard ng;
+      f_target = precondition(tnet, precond_, x_lo, t_lo, b.labels);
+    } else {
+      f_target = precondition(tnet, precond_, x_lo, t_lo, b.labels);
+    }
+
+    torch::Tensor d;
+    switch (m_.metric) {
+      case Metric::L2: d = l2_distance(f_student, f_target); break;
+      case Metric::L1: d = l1_distance(f_student, f_target); break;
+      case Metric::PseudoHuber: d = pseudo_huber_distance(f_student, f_target); break;
+      case Metric::Lpips: throw std::logic_error("unreachable");
+    }
+    if (m_.weighting == "inverse_dt") d = d / (t_hi - t_lo);
+    return d.mean();
+  }
+
+  void after_step(int64_t step) override {
+    // theta- follows mu(k) of the step just taken. With mu = 0 and no separate target (iCT) there is
+    // nothing to do: the target is stopgrad(theta) itself.
+    if (target_) ema_update(target_->parameters(), student_->parameters(), target_ema(step));
+  }
+
+  NamedTensors state() const override {
+    NamedTensors out;
+    if (target_)
+      for (auto& [n, t] : network_state(*target_)) out.emplace_back("target." + n, t);
+    return out;
+  }
+  void load_state(const NamedTensors& st) override {
+    if (!target_) return;
+    torch::NoGradGuard ng;
+    for (auto& [n, t] : network_state(*target_)) {
+      bool found = false;
+      for (auto& [k, v] : st)
+        if (k == "target." + n) t.copy_(v), found = true;
+      if (!found) throw std::runtime_error(fmt::format("checkpoint has no target tensor 'target.{}'", n));
+    }
+  }
+
+ private:
+  MethodConfig m_;
+  NetworkPtr target_;  // null when theta- = stopgrad(theta) (mu = 0 throughout)
+  DenoiserFn teacher_;
+  NetworkPtr teacher_net_;  // the learned teacher behind teacher_, if any
+
+ public:
+  void to(torch::Device d) override {
+    student_->to(d);
+    if (target_) target_->to(d);
+    if (teacher_net_) teacher_net_->to(d);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Objective> make_objective(const Recipe& r, const ObjectiveDeps& deps) {
+  auto p = preconditioning(r);
+  auto make_net = deps.network_factory ? deps.network_factory : [&] { return build_network(r, deps.shape); };
+  auto student = make_net();
+  if (!r.method.is_consistency()) return std::make_unique<EdmObjective>(r, student, p);
+
+  DenoiserFn teacher;
+  NetworkPtr tnet;
+  if (r.method.name == "cd") {
+    if (r.method.teacher == "exact") {
+      if (!deps.exact_denoiser)
+        throw ConfigError("method.teacher = \"exact\" needs a dataset with a closed-form denoiser (the toy mixtures)");
+      teacher = deps.exact_denoiser;
+    } else {
+      tnet = make_net();
+      load_network_weights(*tnet, r.method.teacher);
+      tnet->eval();
+      for (auto& q : tnet->parameters()) q.requires_grad_(false);
+      teacher = edm_denoiser(tnet, p);
+      if (r.method.init_from_teacher) copy_params(student->parameters(), tnet->parameters());
+    }
+  }
+  // A separate target network only when mu can be non-zero.
+  const bool needs_target = r.method.schedule == "ct" || (r.method.schedule == "fixed" && r.method.mu > 0);
+  NetworkPtr target;
+  if (needs_target) {
+    target = make_net();
+    for (auto& q : target->parameters()) q.requires_grad_(false);
+    target->train();  // dropout active, with the student's masks (see loss)
+  }
+  return std::make_unique<ConsistencyObjective>(r, student, target, p, teacher, tnet);
+}
+
+}  // namespace cm

@@ -1,0 +1,190 @@
+// Recipe binding (see recipe.h).
+#include "recipes/recipe.h"
+
+#include <filesystem>
+#include <fmt/format.h>
+#include "core/network.h"
+#include "datasets/loader.h"
+#include "datasets/toy2d.h"
+
+namespace cm {
+
+static NoiseRange bind_range(ConfigReader& m) {
+  NoiseRange r;
+  r.sigma_min = m.get_double("sigma_min", r.sigma_min);
+  r.sigma_max = m.get_double("sigma_max", r.sigma_max);
+  r.sigma_data = m.get_double("sigma_data", r.sigma_data);
+  r.rho = m.get_double("rho", r.rho);
+  if (!(r.sigma_min > 0 && r.sigma_max > r.sigma_min && r.sigma_data > 0 && r.rho > 0))
+    throw ConfigError(fmt::format("'{}': need 0 < sigma_min < sigma_max, sigma_data > 0, rho > 0", m.path()));
+  return r;
+}
+
+static TrainConfig bind_train(ConfigReader t) {
+  TrainConfig c;
+  c.steps = t.require_int("steps");
+  c.batch = t.require_int("batch");
+  c.micro_batches = t.get_int("micro_batches", c.micro_batches);
+  c.optimizer.name = t.get_choice("optimizer", "radam", {"radam", "adam"});
+  c.optimizer.lr = t.require_double("lr");
+  c.optimizer.beta1 = t.get_double("beta1", c.optimizer.beta1);
+  c.optimizer.beta2 = t.get_double("beta2", c.optimizer.beta2);
+  c.optimizer.eps = t.get_double("adam_eps", c.optimizer.eps);
+  c.ema_rates = t.get_double_list("ema_rates", {});
+  c.seed = static_cast<uint64_t>(t.get_int("seed", 0));
+  c.device = t.get_choice("device", "auto", {"auto", "cpu", "cuda"});
+  c.threads = t.get_int("threads", 0);
+  c.log_every = t.get_int("log_every", c.log_every);
+  c.sample_every = t.get_int("sample_every", c.sample_every);
+  c.check_every = t.get_int("check_every", c.check_every);
+  c.watchdog_s = t.get_double("watchdog_s", c.watchdog_s);
+  t.finish();
+  if (c.steps <= 0) throw ConfigError("'train.steps' must be positive");
+  if (c.batch <= 0) throw ConfigError("'train.batch' must be positive");
+  if (c.micro_batches <= 0) throw ConfigError("'train.micro_batches' must be positive");
+  if (c.log_every <= 0) throw ConfigError("'train.log_every' must be positive");
+  for (double r : c.ema_rates)
+    if (!(r >= 0 && r < 1)) throw ConfigError(fmt::format("'train.ema_rates' entry {} is not in [0, 1)", r));
+  return c;
+}
+
+static MethodConfig bind_method(ConfigReader m, int64_t total_steps) {
+  MethodConfig c;
+  c.name = m.get_choice("name", "", {"edm", "cd", "ct", "ict"});
+  c.range = bind_range(m);
+  if (c.name == "edm") {
+    c.p_mean = m.get_double("p_mean", -1.2);
+    c.p_std = m.get_double("p_std", 1.2);
+    m.finish();
+    return c;
+  }
+  c.metric = parse_metric(m.get_choice("metric", c.name == "ict" ? "pseudo_huber" : "l2", {"l2", "l1", "pseudo_huber", "lpips"}));
+  c.schedule = m.get_choice("schedule", c.name == "cd" ? "fixed" : c.name, {"fixed", "ct", "ict"});
+  c.num_scales = m.get_int("num_scales", c.num_scales);
+  c.mu = m.get_double("mu", c.name == "cd" ? 0.95 : 0.0);
+  const int64_t curriculum_steps = m.get_int("curriculum_steps", total_steps);
+  if (c.schedule == "ct") {
+    c.ct.s0 = m.get_int("s0", 2);
+    c.ct.s1 = m.get_int("s1", 150);
+    c.ct.mu0 = m.get_double("mu0", 0.9);
+    c.ct.total_steps = curriculum_steps;
+  } else if (c.schedule == "ict") {
+    c.ict.s0 = m.get_int("s0", 10);
+    c.ict.s1 = m.get_int("s1", 1280);
+    c.ict.total_steps = curriculum_steps;
+  }
+  c.index_sampling = m.get_choice("index_sampling", c.name == "ict" ? "lognormal" : "uniform", {"uniform", "lognormal"});
+  c.weighting = m.get_choice("weighting", c.name == "ict" ? "inverse_dt" : "uniform", {"uniform", "inverse_dt"});
+  c.p_mean = m.get_double("p_mean", -1.1);
+  c.p_std = m.get_double("p_std", 2.0);
+  c.boundary_shift = m.get_bool("boundary_shift", true);
+  c.stop_gradient = m.get_bool("stop_gradient", true);
+  if (c.name == "cd") {
+    c.solver = parse_solver(m.get_choice("solver", "heun", {"euler", "heun"}));
+    c.teacher = m.require_string("teacher");
+    c.init_from_teacher = m.get_bool("init_from_teacher", c.teacher != "exact");
+  }
+  m.finish();
+  if (c.schedule == "fixed" && c.num_scales < 2) throw ConfigError("'method.num_scales' must be >= 2");
+  if (c.schedule == "ct" && !(c.ct.s0 >= 1 && c.ct.s1 >= c.ct.s0 && c.ct.mu0 > 0 && c.ct.mu0 < 1))
+    throw ConfigError("'method': need 1 <= s0 <= s1 and 0 < mu0 < 1");
+  if (c.schedule == "ict" && !(c.ict.s0 >= 1 && c.ict.s1 >= c.ict.s0)) throw ConfigError("'method': need 1 <= s0 <= s1");
+  if (!(c.mu >= 0 && c.mu < 1)) throw ConfigError("'method.mu' must be in [0, 1)");
+  return c;
+}
+
+static SampleConfig bind_sample(ConfigReader s) {
+  SampleConfig c;
+  c.ts = s.get_int_list("ts", c.ts);
+  c.grid = s.get_int("grid", c.grid);
+  c.count = s.get_int("count", c.count);
+  c.edm_steps = s.get_int("edm_steps", c.edm_steps);
+  c.eval_count = s.get_int("eval_count", c.eval_count);
+  s.finish();
+  if (c.ts.empty() || c.ts[0] != 0) throw ConfigError("'sample.ts' must start with 0 (sigma_max)");
+  return c;
+}
+
+Recipe Recipe::load(const std::string& recipe, const std::vector<std::string>& overrides) {
+  Config cfg = Config::compose(recipe, overrides);
+  return bind(cfg, std::filesystem::path(recipe).stem().string());
+}
+
+Recipe Recipe::bind(const Config& cfg, const std::string& name) {
+  Recipe r;
+  r.config = cfg;
+  r.name = name;
+  ConfigReader root(r.config, "");
+  r.train = bind_train(root.sub("train"));
+  r.method = bind_method(root.sub("method"), r.train.steps);
+  r.sample = bind_sample(root.sub("sample"));
+  {
+    ConfigReader d = root.sub("dist");
+    r.dist = dist::read_dist_options(d);
+    d.finish();
+  }
+  {
+    ConfigReader run = root.sub("run");
+    r.run.dir = run.get_string("dir", "");
+    run.finish();
+  }
+  {
+    ConfigReader d = root.sub("dataset");
+    r.dataset_kind = d.get_choice("kind", "", {"toy", "hdf5"});
+    if (r.dataset_kind == "toy") {
+      r.toy_name = d.get_choice("name", "ring", toy_names());
+      d.finish();
+    } else {
+      r.data_path = d.require_string("path");
+      r.random_flip = d.get_bool("random_flip", false);
+      r.class_cond = d.get_bool("class_cond", false);
+      d.allow({"resolution", "channels", "num_classes", "name"});  // descriptive; the manifest is authoritative
+      d.finish();
+    }
+  }
+  {
+    ConfigReader d = root.sub("debug");
+    r.debug.fail_rank = d.get_int("fail_rank", -1);
+    r.debug.fail_step = d.get_int("fail_step", -1);
+    r.debug.hang_rank = d.get_int("hang_rank", -1);
+    r.debug.hang_step = d.get_int("hang_step", -1);
+    d.finish();
+  }
+  root.sub("model");  // checked by build_network
+  root.allow({"groups"});
+  root.finish();
+  if (r.run.dir.empty()) r.run.dir = "runs/" + r.name;
+  return r;
+}
+
+Preconditioning preconditioning(const Recipe& r) {
+  Preconditioning p;
+  p.range = r.method.range;
+  ConfigReader m(r.config, "model");
+  p.label = parse_noise_label(m.get_choice("noise_label", "adm", {"adm", "log", "ve"}));
+  p.boundary_shift = r.method.boundary_shift;
+  p.kind = r.method.is_consistency() ? Preconditioning::Consistency : Preconditioning::Edm;
+  return p;
+}
+
+NetworkPtr build_network(const Recipe& r, const ModelShape& shape) {
+  ConfigReader m(r.config, "model");
+  m.allow({"noise_label"});
+  auto net = make_network(m, shape);
+  m.finish();
+  return net;
+}
+
+std::unique_ptr<DataSource> build_data(const Recipe& r, int64_t rank, int64_t world) {
+  if (r.dataset_kind == "toy")
+    return std::make_unique<ToySource>(make_toy_mixture(r.toy_name), r.toy_name, r.train.batch, rank, world, r.train.seed);
+  LoaderOptions o;
+  o.dir = r.data_path;
+  o.global_batch = r.train.batch;
+  o.rank = rank, o.world = world;
+  o.seed = r.train.seed;
+  o.random_flip = r.random_flip;
+  return std::make_unique<ShardedLoader>(o);
+}
+
+}  // namespace cm

@@ -1,0 +1,101 @@
+// A recipe bound into typed structs: what to train (method), on what (dataset), with which network (model),
+// how (train), how to look at it (sample), and where (run). Binding reads every key through ConfigReader,
+// so an unknown key, a wrong type or a bad choice fails here, before anything runs.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+#include "core/config.h"
+#include "core/distance.h"
+#include "core/karras.h"
+#include "core/ode.h"
+#include "core/optim.h"
+#include "core/parameterization.h"
+#include "datasets/dataset.h"
+#include "distributed/options.h"
+
+namespace cm {
+
+struct TrainConfig {
+  int64_t steps = 1000;         // total optimizer steps K
+  int64_t batch = 256;          // global batch (all ranks together)
+  int64_t micro_batches = 1;    // gradient accumulation: each rank splits its batch into this many parts
+  OptimizerOptions optimizer;
+  std::vector<double> ema_rates;  // sampling EMAs
+  uint64_t seed = 0;
+  std::string device = "auto";  // auto | cpu | cuda
+  int64_t threads = 0;          // intra-op threads per rank, 0 = cores / local ranks
+  int64_t log_every = 100;
+  int64_t sample_every = 0;     // steps between sample pictures, 0 = only at the end
+  int64_t check_every = 0;      // steps between cross-rank identity checks of the weights, 0 = at the end only
+  double watchdog_s = 600;      // multi-rank: abort the job when a collective waits longer than this (0 = off)
+};
+
+// Fault injection for tests of failure handling (absent from recipes; set with +debug.fail_rank=1 ...).
+struct DebugConfig {
+  int64_t fail_rank = -1, fail_step = -1;  // throw on that rank at that step
+  int64_t hang_rank = -1, hang_step = -1;  // sleep forever on that rank at that step
+};
+
+struct MethodConfig {
+  std::string name;             // edm | cd | ct | ict
+  Metric metric = Metric::L2;
+  NoiseRange range;
+  // consistency methods
+  std::string schedule;         // fixed (N, mu) | ct (s0, s1, mu0) | ict (s0, s1)
+  int64_t num_scales = 18;      // N for the fixed schedule
+  double mu = 0.0;              // target EMA for the fixed schedule
+  CtCurriculum ct;
+  IctCurriculum ict;
+  std::string index_sampling = "uniform";  // uniform | lognormal (iCT)
+  std::string weighting = "uniform";       // uniform | inverse_dt (iCT)
+  double p_mean = -1.1, p_std = 2.0;       // lognormal index sampling (iCT) / sigma sampling (EDM)
+  bool boundary_shift = true;              // c_skip/c_out with the eps shift (false only for ablations)
+  bool stop_gradient = true;               // target without gradient (false only for ablations)
+  // distillation
+  Solver solver = Solver::Heun;
+  std::string teacher;          // "exact" (toy mixtures) or a safetensors file of an EDM model of the same arch
+  bool init_from_teacher = true;
+  bool is_consistency() const { return name != "edm"; }
+};
+
+struct SampleConfig {
+  std::vector<int64_t> ts = {0};  // indices into a `grid`-point Karras grid, from sigma_max down
+  int64_t grid = 18;
+  int64_t count = 64;             // samples in the picture (2-D: points per set)
+  int64_t edm_steps = 18;         // Heun grid size when sampling an EDM model
+  int64_t eval_count = 10000;     // toy: points for the sliced Wasserstein figure
+};
+
+struct RunConfig {
+  std::string dir;  // run directory; "" = runs/<recipe name>
+};
+
+struct Recipe {
+  Config config;  // the resolved config (kept verbatim in the run directory)
+  std::string name;
+  TrainConfig train;
+  MethodConfig method;
+  SampleConfig sample;
+  RunConfig run;
+  dist::DistOptions dist;  // [dist]: gradient buckets, overlap, timelines (multi-rank runs)
+  DebugConfig debug;
+  std::string dataset_kind;  // toy | hdf5
+  std::string toy_name;
+  std::string data_path;     // hdf5: the converted dataset directory
+  bool random_flip = false;  // hdf5: horizontal flips
+  bool class_cond = false;   // hdf5: pass labels to the network (when the data is labelled)
+
+  // Compose + bind. Model and dataset keys are checked when the network / data source is built
+  // (build_network / build_data), which `cm train` does before the first step.
+  static Recipe load(const std::string& recipe, const std::vector<std::string>& overrides);
+  static Recipe bind(const Config& cfg, const std::string& name);
+};
+
+// Network of the recipe's `model` table for the given data shape; checks model keys.
+NetworkPtr build_network(const Recipe& r, const ModelShape& shape);
+Preconditioning preconditioning(const Recipe& r);  // noise range + the model's c_noise convention
+// The recipe's data stream for this rank.
+std::unique_ptr<DataSource> build_data(const Recipe& r, int64_t rank, int64_t world);
+
+}  // namespace cm

@@ -1,0 +1,363 @@
+// The training loop (see trainer.h).
+#include "recipes/trainer.h"
+
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <thread>
+#include <torch/torch.h>
+#include "core/distance.h"
+#include "core/image.h"
+#include "core/ode.h"
+#include "core/rng.h"
+#include "datasets/toy2d.h"
+#include "distributed/communicator.h"  // the rank's device
+#include "distributed/consistency.h"   // check_same_on_all_ranks
+#include "distributed/guard.h"         // set_step: the step named by watchdog and abort messages
+#include "distributed/reducer.h"       // bucketed, overlapped gradient averaging
+#include "distributed/timeline.h"      // optional Chrome trace of the phases of a step
+
+#ifndef CM_SOURCE_REVISION
+#define CM_SOURCE_REVISION "unknown"
+#endif
+
+namespace fs = std::filesystem;
+
+namespace cm {
+
+static torch::Device pick_device(const std::string& want, int64_t local_rank) {
+  const bool cuda = torch::cuda::is_available();
+  if (want == "cuda" && !cuda)
+    throw std::runtime_error("train.device = \"cuda\" but this LibTorch has no CUDA or no GPU is visible; use train.device=cpu");
+  if (want == "cpu" || !cuda) return torch::kCPU;
+  const int64_t n = static_cast<int64_t>(torch::cuda::device_count());
+  if (local_rank >= n)
+    throw std::runtime_error(fmt::format("local rank {} needs GPU {}, but this node has only {} GPUs: start at most {} ranks per node",
+                                         local_rank, local_rank, n, n));
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
+}
+
+std::vector<double> recipe_sample_sigmas(const Recipe& r) { return ts_to_sigmas(r.sample.ts, r.sample.grid, r.method.range); }
+
+torch::Tensor sample_model(const Recipe& r, NetworkImpl& net, const Preconditioning& p, int64_t count,
+                           const std::vector<double>& sigmas, uint64_t noise_seed, torch::Device device,
+                           const ModelShape& shape) {
+  torch::NoGradGuard ng;
+  std::vector<int64_t> dims = {count, shape.channels};
+  if (shape.resolution > 0) dims.insert(dims.end(), {shape.resolution, shape.resolution});
+  auto noise = [&](int64_t i) {
+    auto gen = cpu_generator(derive_seed(noise_seed, 11, static_cast<uint64_t>(i)));
+    return torch::randn(dims, gen, torch::kFloat32).to(device);
+  };
+  torch::Tensor labels;
+  if (shape.num_classes > 0) {
+    auto gen = cpu_generator(derive_seed(noise_seed, 12));
+    labels = torch::randint(shape.num_classes, {count}, gen, torch::kInt64).to(device);
+  }
+  const bool was_training = net.is_training();
+  net.eval();
+  torch::Tensor out;
+  NetworkImpl* raw = &net;
+  if (p.kind == Preconditioning::Edm) {
+    DenoiserFn d = [raw, p](const torch::Tensor& x, const torch::Tensor& s, const torch::Tensor& l) { return precondition(*raw, p, x, s, l); };
+    out = edm_heun_sample(d, noise(0), r.sample.edm_steps, p.range, labels);
+  } else {
+    ConsistencyFn f = [raw, p](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& l) { return precondition(*raw, p, x, t, l); };
+    out = consistency_sample(f, sigmas, noise, p.range, labels);
+  }
+  net.train(was_training);
+  return out;
+}
+
+Trainer::~Trainer() {
+  if (opt_.comm) opt_.comm->set_timeline(nullptr);  // the communicator outlives the trainer and its timeline
+}
+
+Trainer::Trainer(Recipe recipe, TrainerOptions opt) : recipe_(std::move(recipe)), opt_(opt) {
+  const auto& tc = recipe_.train;
+  // Under mpirun the world picked the device (dist::World::init) and the communicator works on it.
+  device_ = opt_.comm ? opt_.comm->device() : pick_device(tc.device, opt_.local_rank);
+  int64_t threads = tc.threads;
+  if (threads <= 0) threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()) / std::max<int64_t>(1, opt_.local_size));
+  torch::set_num_threads(static_cast<int>(threads));
+  if (tc.batch % opt_.world != 0)
+    throw ConfigError(fmt::format("train.batch = {} (global) does not divide over {} ranks; choose a multiple of {}", tc.batch, opt_.world, opt_.world));
+  if ((tc.batch / opt_.world) % tc.micro_batches != 0)
+    throw ConfigError(fmt::format("per-rank batch {} does not divide into train.micro_batches = {}", tc.batch / opt_.world, tc.micro_batches));
+
+  data_ = build_data(recipe_, opt_.rank, opt_.world);
+  ObjectiveDeps deps;
+  deps.shape = data_->shape();
+  if (auto* toy = dynamic_cast<ToySource*>(data_.get())) exact_denoiser_ = deps.exact_denoiser = toy->mixture().denoiser();
+  // Identical initial weights on every rank (also broadcast from rank 0 when distributed).
+  torch::manual_seed(derive_seed(tc.seed, /*stream: init*/ 0));
+  objective_ = make_objective(recipe_, deps);
+  objective_->to(device_);
+  objective_->student()->train();
+  if (opt_.world > 1) {
+    if (!opt_.comm) throw std::logic_error("Trainer: world > 1 needs a communicator");
+    // Checks the parameter shapes on all ranks (naming any that differs), broadcasts rank 0's parameters
+    // and buffers, and hooks the buckets' all-reduces into backward.
+    reducer_ = dist::GradReducer::for_module(opt_.comm, *objective_->student(), recipe_.dist.reducer());
+    objective_->after_step(-1);  // no-op for EMA targets built as copies; keeps theta- = theta at start
+  }
+  optimizer_ = std::make_unique<Optimizer>(objective_->student()->parameters(), tc.optimizer);
+  if (!recipe_.dist.trace_dir.empty()) fs::create_directories(recipe_.dist.trace_dir);
+  timeline_ = std::make_unique<dist::Timeline>(recipe_.dist.trace_path(static_cast<int>(opt_.rank)), static_cast<int>(opt_.rank));
+  if (opt_.comm && timeline_->enabled()) opt_.comm->set_timeline(timeline_.get());
+  emas_ = std::make_unique<SamplingEmas>(tc.ema_rates, objective_->student()->parameters());
+}
+
+void Trainer::setup_run_dir() {
+  if (!is_main()) return;
+  const std::string& dir = recipe_.run.dir;
+  std::error_code ec;
+  fs::create_directories(fs::path(dir) / "samples", ec);
+  if (ec) throw std::runtime_error(fmt::format("cannot create run directory '{}': {}", dir, ec.message()));
+  write_file_atomic(dir + "/config.toml", recipe_.config.to_toml() + "\n");
+  std::string ov;
+  for (auto& o : recipe_.config.overrides()) ov += o + "\n";
+  write_file_atomic(dir + "/overrides.txt", ov);
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  write_file_atomic(dir + "/meta.json",
+                    fmt::format("{{\"recipe\": \"{}\", \"recipe_file\": \"{}\", \"source_revision\": \"{}\", \"world_size\": {}, "
+                                "\"device\": \"{}\", \"host\": \"{}\", \"config_hash\": \"{}\", \"torch\": \"{}.{}\"}}\n",
+                                recipe_.name, recipe_.config.recipe_path(), CM_SOURCE_REVISION, opt_.world, device_.str(), host,
+                                recipe_.config.hash(), TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR));
+  metrics_.open(dir + "/metrics.jsonl", std::ios::out | std::ios::trunc);
+  if (!metrics_) throw std::runtime_error(fmt::format("cannot write '{}/metrics.jsonl'", dir));
+}
+
+double Trainer::train_step(int64_t step) {
+  const auto& tc = recipe_.train;
+  dist::set_step(step);
+  // Injected hang before the step's work: the other ranks then wait in this step's gradient all-reduce.
+  if (recipe_.debug.hang_rank == opt_.rank && recipe_.debug.hang_step == step)
+    std::this_thread::sleep_for(std::chrono::hours(1));  // the watchdog must end the job
+  Batch batch = data_->next();
+  batch.x = batch.x.to(device_, /*non_blocking=*/true);
+  if (batch.labels.defined()) batch.labels = batch.labels.to(device_, true);
+  if (reducer_) reducer_->prepare();  // zeroes the buckets, which hold the gradients
+  else optimizer_->zero_grad();
+  const int64_t local = batch.x.size(0), micro = local / tc.micro_batches;
+  double loss_sum = 0;
+  for (int64_t m = 0; m < tc.micro_batches; ++m) {
+    Batch mb{batch.x.narrow(0, m * micro, micro), batch.labels.defined() ? batch.labels.narrow(0, m * micro, micro) : torch::Tensor()};
+    StepInfo info{step, opt_.rank, tc.seed, device_, Slice{opt_.rank * local + m * micro, micro, tc.batch}};
+    torch::Tensor loss;
+    {
+      auto t = timeline_->scope("forward");
+      loss = objective_->loss(mb, info) / static_cast<double>(tc.micro_batches);
+    }
+    {
+      auto t = timeline_->scope("backward");
+      // Gradient accumulation communicates only on the last micro-batch: the earlier backwards add into the
+      // buckets locally; the last one's hooks all-reduce each bucket as soon as its gradients are complete.
+      if (reducer_ && m + 1 < tc.micro_batches) {
+        auto local_only = reducer_->no_sync();
+        loss.backward();
+      } else {
+        loss.backward();
+      }
+    }
+    loss_sum += loss.item<double>();
+  }
+  if (recipe_.debug.fail_rank == opt_.rank && recipe_.debug.fail_step == step)
+    throw std::runtime_error(fmt::format("injected failure at step {} (debug.fail_rank = {})", step, opt_.rank));
+  if (reducer_) {
+    auto t = timeline_->scope("all-reduce wait");
+    reducer_->finish();  // launches what backward did not, waits: every .grad is now the average over ranks
+  }
+  {
+    auto t = timeline_->scope("optimizer");
+    optimizer_->step();
+  }
+  auto t = timeline_->scope("ema");
+  objective_->after_step(step);
+  emas_->update(objective_->student()->parameters());
+  return loss_sum;
+}
+
+void Trainer::log_progress(int64_t step, double loss) {
+  loss_accum_ += loss;
+  ++loss_count_;
+  const auto& tc = recipe_.train;
+  const bool due = (step + 1) % tc.log_every == 0 || step + 1 == tc.steps;
+  if (!due || !is_main()) return;
+  const auto now = std::chrono::steady_clock::now();
+  const double dt = std::chrono::duration<double>(now - t_last_).count();
+  const double elapsed = std::chrono::duration<double>(now - t0_).count();
+  const int64_t done = step + 1 - start_step_, steps_now = step + 1 - last_logged_step_;
+  const double img_s = dt > 0 ? steps_now * tc.batch / dt : 0;
+  const double eta = done > 0 ? elapsed / done * (tc.steps - step - 1) : 0;
+  const double mean_loss = loss_accum_ / std::max<int64_t>(1, loss_count_);
+  auto sched = objective_->schedule(step);
+  std::string sched_s;
+  for (auto& [k, v] : sched) sched_s += fmt::format(" {} {:.6g}", k, v);
+  if (!opt_.quiet)
+    fmt::print("step {:>7}/{} | loss {:.5f} |{} | {:.0f} img/s | elapsed {:.0f}s | ETA {:.0f}s\n", step + 1, tc.steps, mean_loss,
+               sched_s, img_s, elapsed, eta);
+  std::fflush(stdout);
+  std::string extra;
+  for (auto& [k, v] : sched) extra += fmt::format(", \"{}\": {:.10g}", k, v);
+  metrics_ << fmt::format("{{\"step\": {}, \"loss\": {:.8g}, \"images_per_sec\": {:.1f}, \"images_seen\": {}, \"elapsed_s\": {:.2f}{}}}\n",
+                          step + 1, mean_loss, img_s, (step + 1) * tc.batch, elapsed, extra);
+  metrics_.flush();
+  loss_accum_ = 0, loss_count_ = 0;
+  t_last_ = now;
+  last_logged_step_ = step + 1;
+}
+
+// The network used for pictures and figures: the first sampling EMA when there is one, else the student.
+static void with_sampling_weights(Objective& obj, SamplingEmas& emas, const std::function<void(NetworkImpl&)>& fn) {
+  auto net = obj.student();
+  if (emas.rates().empty()) return fn(*net);
+  auto params = net->parameters();
+  auto saved = clone_params(params);
+  copy_params(params, emas.weights(0));
+  try {
+    fn(*net);
+  } catch (...) {
+    copy_params(params, saved);
+    throw;
+  }
+  copy_params(params, saved);
+}
+
+void Trainer::write_samples(int64_t step, bool final) {
+  if (!is_main()) return;
+  const auto shape = data_->shape();
+  const auto& p = objective_->precond();
+  const auto sigmas = recipe_sample_sigmas(recipe_);
+  std::vector<torch::Tensor> panels;
+  with_sampling_weights(*objective_, *emas_, [&](NetworkImpl& net) {
+    if (shape.resolution == 0) {
+      const int64_t n = std::max<int64_t>(recipe_.sample.count, 2000);
+      auto gen = cpu_generator(derive_seed(recipe_.train.seed, 21));
+      auto data = dynamic_cast<ToySource*>(data_.get())->mixture().sample(n, gen);
+      if (p.kind == Preconditioning::Edm) {
+        panels.push_back(scatter_plot(data, sample_model(recipe_, net, p, n, sigmas, 99, device_, shape)));
+      } else {
+        panels.push_back(scatter_plot(data, sample_model(recipe_, net, p, n, {sigmas[0]}, 99, device_, shape)));
+        if (sigmas.size() > 1) panels.push_back(scatter_plot(data, sample_model(recipe_, net, p, n, sigmas, 99, device_, shape)));
+      }
+    } else {
+      const int64_t n = recipe_.sample.count;
+      const int64_t cols = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(n))));
+      panels.push_back(image_grid(sample_model(recipe_, net, p, n, {sigmas[0]}, 99, device_, shape), cols));
+      if (sigmas.size() > 1 || p.kind == Preconditioning::Edm)
+        panels.push_back(image_grid(sample_model(recipe_, net, p, n, sigmas, 99, device_, shape), cols));
+    }
+  });
+  auto img = hconcat(panels);
+  const std::string dir = recipe_.run.dir;
+  write_png(fmt::format("{}/samples/step_{:08d}.png", dir, step), img);
+  if (final) write_png(dir + "/samples.png", img);
+}
+
+std::map<std::string, double> Trainer::evaluate_quality() {
+  std::map<std::string, double> q;
+  auto* toy = dynamic_cast<ToySource*>(data_.get());
+  if (!toy || !is_main()) return q;
+  const int64_t n = recipe_.sample.eval_count;
+  const auto shape = data_->shape();
+  auto gen = cpu_generator(derive_seed(recipe_.train.seed, 31));
+  auto data = toy->mixture().sample(n, gen);
+  auto gen2 = cpu_generator(derive_seed(recipe_.train.seed, 32));
+  q["swd_data_floor"] = sliced_wasserstein(data, toy->mixture().sample(n, gen2));
+  const auto& p = objective_->precond();
+  const auto sigmas = recipe_sample_sigmas(recipe_);
+  with_sampling_weights(*objective_, *emas_, [&](NetworkImpl& net) {
+    if (p.kind == Preconditioning::Edm) {
+      q["swd_heun"] = sliced_wasserstein(data, sample_model(recipe_, net, p, n, sigmas, 7, device_, shape).cpu());
+    } else {
+      q["swd_1step"] = sliced_wasserstein(data, sample_model(recipe_, net, p, n, {sigmas[0]}, 7, device_, shape).cpu());
+      if (sigmas.size() > 1) q["swd_2step"] = sliced_wasserstein(data, sample_model(recipe_, net, p, n, sigmas, 7, device_, shape).cpu());
+    }
+  });
+  return q;
+}
+
+void Trainer::save_weights() {
+  if (!is_main()) return;
+  const std::string dir = recipe_.run.dir;
+  auto net = objective_->student();
+  std::map<std::string, std::string> meta = {{"recipe", recipe_.name}, {"config_hash", recipe_.config.hash()}};
+  save_safetensors(dir + "/model.safetensors", network_state(*net), meta);
+  const auto& rates = emas_->rates();
+  auto params = net->parameters();
+  for (size_t i = 0; i < rates.size(); ++i) {
+    NamedTensors t;
+    size_t k = 0;
+    for (auto& [n, v] : network_state(*net)) {
+      // parameters come first in network_state, in parameters() order; buffers after
+      t.emplace_back(n, k < params.size() ? emas_->weights(i)[k] : v);
+      ++k;
+    }
+    save_safetensors(fmt::format("{}/ema_{}.safetensors", dir, SamplingEmas::rate_name(rates[i])), t, meta);
+  }
+}
+
+// The student, the target and every sampling EMA must be bit-identical on all ranks: each rank updates
+// them locally from identical averaged gradients. A fingerprint per rank proves it cheaply.
+void Trainer::check_ranks_identical(int64_t step) {
+  if (opt_.world <= 1) return;
+  std::vector<dist::NamedTensors> sets = {{"student", objective_->student()->parameters()}};
+  std::vector<torch::Tensor> target;
+  for (auto& [n, t] : objective_->state()) target.push_back(t);
+  sets.emplace_back("target", target);
+  for (size_t i = 0; i < emas_->rates().size(); ++i)
+    sets.emplace_back("ema " + SamplingEmas::rate_name(emas_->rates()[i]), emas_->weights(i));
+  // Throws on every rank, naming the step, the set that differs and which ranks agree with which.
+  dist::check_same_on_all_ranks(sets, step);
+  if (is_main() && !opt_.quiet)
+    fmt::print("cross-rank check at step {}: student, target and EMAs identical on all {} ranks\n", step, opt_.world);
+}
+
+TrainResult Trainer::run() {
+  const auto& tc = recipe_.train;
+  setup_run_dir();
+  if (is_main() && !opt_.quiet) {
+    fmt::print("cm train: recipe {} | method {} | {} | {} parameters | device {} | {} rank(s)\n", recipe_.name, recipe_.method.name,
+               data_->describe(), count_parameters(*objective_->student()), device_.str(), opt_.world);
+    fmt::print("run directory: {}\n", fs::absolute(recipe_.run.dir).string());
+    std::fflush(stdout);
+  }
+  t0_ = t_last_ = std::chrono::steady_clock::now();
+  last_logged_step_ = start_step_;
+  for (int64_t step = start_step_; step < tc.steps; ++step) {
+    last_loss_ = train_step(step);
+    if (!std::isfinite(last_loss_))
+      throw std::runtime_error(fmt::format("loss is {} at step {}: training diverged (try a smaller train.lr)", last_loss_, step + 1));
+    log_progress(step, last_loss_);
+    if (tc.check_every > 0 && (step + 1) % tc.check_every == 0 && step + 1 < tc.steps) check_ranks_identical(step + 1);
+    if (tc.sample_every > 0 && (step + 1) % tc.sample_every == 0 && step + 1 < tc.steps) write_samples(step + 1, false);
+  }
+  check_ranks_identical(tc.steps);
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  TrainResult res;
+  res.steps = tc.steps;
+  res.final_loss = last_loss_;
+  res.images_per_sec = elapsed > 0 ? (tc.steps - start_step_) * tc.batch / elapsed : 0;
+  res.run_dir = recipe_.run.dir;
+  write_samples(tc.steps, true);
+  res.quality = evaluate_quality();
+  save_weights();
+  if (is_main()) {
+    std::string q;
+    for (auto& [k, v] : res.quality) q += fmt::format(", \"{}\": {:.6g}", k, v);
+    write_file_atomic(recipe_.run.dir + "/final.json",
+                      fmt::format("{{\"steps\": {}, \"final_loss\": {:.8g}, \"images_per_sec\": {:.1f}{}}}\n", res.steps, res.final_loss,
+                                  res.images_per_sec, q));
+    if (!opt_.quiet) {
+      for (auto& [k, v] : res.quality) fmt::print("{}: {:.5f}\n", k, v);
+      fmt::print("samples: {}\n", fs::absolute(recipe_.run.dir + "/samples.png").string());
+    }
+  }
+  return res;
+}
+
+}  // namespace cm

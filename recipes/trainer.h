@@ -1,0 +1,92 @@
+// The training loop: a short loop over named steps (next batch, loss and backward, gradient sync,
+// optimizer, EMAs, logs, pictures). Objectives, schedules, EMAs and data live elsewhere.
+#pragma once
+#include <chrono>
+#include <functional>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include "core/ema.h"
+#include "core/optim.h"
+#include "core/sampler.h"
+#include "datasets/dataset.h"
+#include "recipes/objectives.h"
+#include "recipes/recipe.h"
+
+namespace cm {
+
+namespace dist {
+class Communicator;
+class GradReducer;
+class Timeline;
+}  // namespace dist
+
+struct TrainerOptions {
+  int64_t rank = 0, world = 1, local_rank = 0, local_size = 1;
+  bool quiet = false;                        // no progress lines (tests)
+  std::shared_ptr<dist::Communicator> comm;  // required when world > 1; its device is the rank's device
+};
+
+// Figures of a finished run, also written to RUN_DIR/final.json.
+struct TrainResult {
+  int64_t steps = 0;
+  double final_loss = 0;
+  double images_per_sec = 0;
+  std::map<std::string, double> quality;  // e.g. swd_1step, swd_2step, swd_data_floor (toys)
+  std::string run_dir;
+};
+
+class Trainer {
+ public:
+  Trainer(Recipe recipe, TrainerOptions opt = {});
+  ~Trainer();
+  TrainResult run();
+  // Toy data: sliced Wasserstein distances of 1-step / 2-step (or EDM Heun) samples of the sampling
+  // weights to fresh data, and the same distance between two data sets (the floor). Empty for images.
+  std::map<std::string, double> evaluate_quality();
+
+  // Pieces exposed for tests and tools.
+  Objective& objective() { return *objective_; }
+  DataSource& data() { return *data_; }
+  SamplingEmas& emas() { return *emas_; }
+  Optimizer& optimizer() { return *optimizer_; }
+  const Recipe& recipe() const { return recipe_; }
+  torch::Device device() const { return device_; }
+
+ private:
+  void setup_run_dir();
+  double train_step(int64_t step);
+  void log_progress(int64_t step, double loss);
+  void write_samples(int64_t step, bool final);
+  void save_weights();
+  bool is_main() const { return opt_.rank == 0; }
+  void check_ranks_identical(int64_t step);
+
+  Recipe recipe_;
+  TrainerOptions opt_;
+  torch::Device device_ = torch::kCPU;
+  std::unique_ptr<DataSource> data_;
+  std::unique_ptr<Objective> objective_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<SamplingEmas> emas_;
+  std::unique_ptr<dist::GradReducer> reducer_;
+  std::unique_ptr<dist::Timeline> timeline_;  // disabled unless dist.trace_dir is set
+  DenoiserFn exact_denoiser_;
+  std::ofstream metrics_;
+  std::chrono::steady_clock::time_point t0_, t_last_;
+  int64_t start_step_ = 0, last_logged_step_ = 0;
+  double loss_accum_ = 0;
+  int64_t loss_count_ = 0;
+  double last_loss_ = 0;
+};
+
+// Samples of a trained model (the objective's student, or weights swapped in): one-step, two-step
+// (sample.ts) for consistency models, EDM Heun for EDM. noise_seed fixes z.
+torch::Tensor sample_model(const Recipe& r, NetworkImpl& net, const Preconditioning& p, int64_t count,
+                           const std::vector<double>& sigmas, uint64_t noise_seed, torch::Device device,
+                           const ModelShape& shape);
+// The sigmas of the recipe's sample.ts (first entry = sigma_max).
+std::vector<double> recipe_sample_sigmas(const Recipe& r);
+
+}  // namespace cm
