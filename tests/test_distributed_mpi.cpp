@@ -254,7 +254,9 @@ void scenario_overlap(const std::shared_ptr<Communicator>& comm, const std::stri
   const int r = comm->rank();
   Timeline tl(fmt::format("{}/overlap-rank{}.json", dir, r), r);
   comm->set_timeline(&tl);
-  SyntheticModel m({250000, 250000, 250000, 250000}, 400.0);  // 1 MB each, 100 ms of backward each
+  // 1 MB each, 250 ms of backward each: bucket 2 is ready 250 ms before backward ends, a margin that holds
+  // when the ranks share their cores with other work (100 ms did not under a loaded ctest -j2).
+  SyntheticModel m({250000, 250000, 250000, 250000}, 1000.0);
   ReducerOptions ro;
   ro.bucket_mb = 1.0;
   GradReducer reducer(comm, m.params, ro);
