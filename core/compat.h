@@ -2,6 +2,11 @@
 #pragma once
 #include <torch/torch.h>
 #include <torch/version.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+#include <functional>
+#include <memory>
 
 #define CM_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
@@ -23,5 +28,49 @@ inline torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const 
 
 // Whether this LibTorch was built with CUDA and a device is present.
 inline bool cuda_available() { return torch::cuda::is_available(); }
+
+// ---- Gradient-ready hooks (used by distributed/reducer.h) ----
+// Calls `fn` each time autograd has accumulated a gradient into `param.grad()`: a post hook on the
+// parameter's AccumulateGrad node, which runs after the accumulation, so the gradient is complete.
+//  - 1.13 and 2.x: Node::add_post_hook / del_post_hook and FunctionPostHook::operator()(outputs, inputs)
+//    are the same. 2.x adds FunctionPostHook::compiled_args (only compiled autograd calls it; its default
+//    throws there, and C++ training does not use compiled autograd). 2.1+ also has a "post accumulate grad"
+//    hook slot on the tensor, but it holds a single, Python-oriented hook; the AccumulateGrad post hook
+//    works in every version and is what PyTorch's own DDP reducer uses.
+//  - A leaf tensor keeps only a weak_ptr to its AccumulateGrad node: the caller must hold the returned node,
+//    otherwise a later forward builds a fresh node without the hook.
+// `key` receives the id for remove_grad_ready_hook.
+struct GradReadyHook final : torch::autograd::FunctionPostHook {
+  explicit GradReadyHook(std::function<void()> f) : fn(std::move(f)) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list& /*inputs*/) override {
+    fn();
+    return outputs;
+  }
+  std::function<void()> fn;
+};
+
+inline std::shared_ptr<torch::autograd::Node> add_grad_ready_hook(const torch::Tensor& param,
+                                                                 std::function<void()> fn, uintptr_t* key) {
+  auto acc = torch::autograd::impl::grad_accumulator(param);
+  TORCH_CHECK(acc, "add_grad_ready_hook: tensor is not a leaf that requires grad");
+  *key = acc->add_post_hook(std::make_unique<GradReadyHook>(std::move(fn)));
+  return acc;
+}
+
+inline void remove_grad_ready_hook(const std::shared_ptr<torch::autograd::Node>& acc, uintptr_t key) {
+  if (acc) acc->del_post_hook(key);
+}
+
+// Optimizer::zero_grad: 1.13 zeroes the gradients in place; 2.x defaults to set_to_none = true, which drops
+// them (and with them the bucket views of distributed/reducer.h, which GradReducer then has to rebuild with a
+// copy). This keeps the 1.13 behaviour on both.
+inline void zero_grad_in_place(torch::optim::Optimizer& opt) {
+#if CM_TORCH_AT_LEAST(2, 0)
+  opt.zero_grad(/*set_to_none=*/false);
+#else
+  opt.zero_grad();
+#endif
+}
 
 }  // namespace cm::compat

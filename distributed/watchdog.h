@@ -1,35 +1,62 @@
-// A watchdog thread for multi-rank jobs: the trainer reports progress (a step boundary, or entering and
-// leaving a collective); if no report arrives within the timeout, the watchdog aborts the whole job with
-// a message naming the rank, the step and what it was waiting in. Why: a rank that hangs (not dies) would
-// otherwise leave every other rank blocked in MPI_Allreduce forever, burning the allocation.
+// Watchdog: turns a collective that takes longer than a timeout into an abort of the whole job, with a
+// message naming the collective, the step and the rank that waited. A rank that hangs (deadlock, a stuck
+// file system, a rank sleeping outside the collective) otherwise leaves the others blocked forever.
+//
+//   auto id = Watchdog::get().begin("all_reduce bucket 3 (24.9 MB)");   // the communicators do this
+//   ... blocking collective ...
+//   Watchdog::get().end(id);
+//
+// For GPU collectives, which the host does not wait on, begin() takes a poll function (cudaEventQuery of
+// the collective's completion event); the watchdog thread polls it and retires the entry itself.
+// World::init starts the watchdog with WorldOptions::timeout_s; tests may start/stop it directly.
 #pragma once
-#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
 
-namespace cm {
+namespace cm::dist {
 
 class Watchdog {
  public:
-  // timeout_s <= 0 disables the watchdog.
-  explicit Watchdog(double timeout_s);
+  using Id = uint64_t;
+  static Watchdog& get();
+
+  // (Re)starts the watchdog thread with this timeout; timeout_s <= 0 stops it.
+  void start(double timeout_s);
+  void stop();
+  bool running() const;
+  double timeout_s() const { return timeout_s_; }
+
+  // A collective began. `poll`, when given, returns true once it has finished (then end() is optional).
+  Id begin(std::string what, std::function<bool()> poll = {});
+  void end(Id id);
+  // Collectives in flight (for tests and diagnostics).
+  size_t in_flight() const;
+
   ~Watchdog();
-  // Progress: `what` says where the rank is ("step 12: gradient all-reduce").
-  void beat(int64_t step, const char* what);
 
  private:
+  Watchdog() = default;
+  struct Entry {
+    std::string what;
+    int64_t step;
+    std::chrono::steady_clock::time_point start;
+    std::function<bool()> poll;
+  };
   void loop();
-  double timeout_s_;
-  std::mutex mu_;
+
+  mutable std::mutex mu_;
   std::condition_variable cv_;
+  std::map<Id, Entry> entries_;
+  Id next_id_ = 1;
+  double timeout_s_ = 0;
   bool stop_ = false;
-  int64_t step_ = -1;
-  const char* what_ = "start-up";
-  std::chrono::steady_clock::time_point last_;
   std::thread thread_;
 };
 
-}  // namespace cm
+}  // namespace cm::dist

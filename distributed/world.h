@@ -1,38 +1,69 @@
-// Who trains: the MPI world (rank, size, node-local rank via MPI_Comm_split_type), started only when a
-// launcher (mpirun, srun) is detected so a plain `cm train` stays a single process; and a checked-call
-// macro for MPI that names the call, file, line and rank.
+// World discovery: MPI start-up, rank / size / node-local rank, the device this rank drives, and small
+// host-side exchanges (strings, 64-bit values) for cross-rank checks. Works without mpirun (a world of one).
+//
+//   const auto& w = cm::dist::World::init({.device = "auto", .timeout_s = 600});
+//   w.rank, w.size, w.local_rank, w.device ...
+//   ... create communicators, train ...          (destroy communicators first)
+//   cm::dist::World::finalize();
+//
+// The node-local rank comes from MPI_Comm_split_type(MPI_COMM_TYPE_SHARED), never rank % gpus_per_node:
+// launchers may place ranks round-robin across nodes, and nodes may hold different numbers of ranks.
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
+#include <torch/types.h>
 
-namespace cm {
+namespace cm::dist {
 
-struct World {
-  int64_t rank = 0, size = 1;
-  int64_t local_rank = 0, local_size = 1;  // among the ranks on this node (shared-memory split)
-  bool mpi = false;                        // MPI was initialised (launched by mpirun/srun)
-  std::string hostname;
+struct WorldOptions {
+  // "auto": cuda:<local rank> when this LibTorch has CUDA and the node has GPUs, else cpu. "cpu", "cuda".
+  std::string device = "auto";
+  // Watchdog (distributed/watchdog.h): a collective running longer than this aborts the job. 0 = off.
+  double timeout_s = 600;
+  // log0() prints on every rank (prefixed with the rank) instead of rank 0 only.
+  bool log_all_ranks = false;
 };
 
-// True when the environment says a launcher started us (OMPI_COMM_WORLD_SIZE, PMIX_RANK, PMI_SIZE).
+struct World {
+  int rank = 0;
+  int size = 1;
+  int local_rank = 0;  // rank among the processes of this node
+  int local_size = 1;  // processes on this node
+  int nodes = 1;
+  std::string host;
+  torch::Device device = torch::kCPU;
+  bool log_all_ranks = false;
+  int mpi_thread_level = 0;  // what MPI_Init_thread provided
+
+  bool is_root() const { return rank == 0; }
+
+  // Initializes MPI (once per process; later calls return the same world) and discovers the layout.
+  static const World& init(const WorldOptions& options = {});
+  static bool initialized();
+  static const World& get();  // throws DistError before init()
+  // Stops the watchdog and finalizes MPI if init() started it. Destroy communicators before.
+  static void finalize();
+};
+
+// True when the environment says a launcher started this process (mpirun: OMPI_COMM_WORLD_SIZE; srun and
+// other PMI launchers: PMIX_RANK, PMI_SIZE, PMI_RANK). `cm train` starts MPI only then, so that a plain
+// `cm train` stays an ordinary single process (an MPI singleton start-up can be slow or fail in containers).
 bool launched_by_mpi();
-// Initialises MPI once (MPI_THREAD_FUNNELED: only the main thread calls MPI) when launched by mpirun/srun;
-// otherwise returns the single-process world. Safe to call more than once.
-const World& init_world();
-const World& world();
-void finalize_world();
-// Ends every rank of the job: prints "rank R (host): MESSAGE" to stderr and calls MPI_Abort, so that a
-// failing rank never leaves the others waiting in a collective. Without MPI it just exits.
-[[noreturn]] void abort_world(const std::string& message, int code = 1);
 
-std::string mpi_error_string(int code);
+// The device rule, separated for tests. `visible_gpus` = torch::cuda::device_count() on this rank;
+// `same_visibility` = all ranks of the node see the same CUDA_VISIBLE_DEVICES (then rank i takes GPU i and
+// the node needs local_size GPUs); otherwise the launcher gave each rank its own GPUs and it takes GPU 0.
+// Throws DistError with what to do when the node has too few GPUs.
+torch::Device pick_device(const std::string& request, bool cuda_built, int local_rank, int local_size,
+                          int visible_gpus, bool same_visibility, const std::string& host);
 
-}  // namespace cm
+// Host-side collectives on a control communicator of their own (main thread only; they never interleave
+// with the communicators' collectives). Entry i comes from rank i.
+std::vector<std::string> all_gather_strings(const std::string& mine);
+std::vector<uint64_t> all_gather_u64(uint64_t mine);
+void control_barrier();
+// rank 0's string on every rank.
+std::string broadcast_string(const std::string& from_root);
 
-#define CM_MPI_CHECK(call)                                                                                  \
-  do {                                                                                                      \
-    int cm_mpi_rc_ = (call);                                                                                \
-    if (cm_mpi_rc_ != MPI_SUCCESS)                                                                          \
-      throw std::runtime_error(fmt::format("{} failed at {}:{} on rank {}: {}", #call, __FILE__, __LINE__, \
-                                           ::cm::world().rank, ::cm::mpi_error_string(cm_mpi_rc_)));        \
-  } while (0)
+}  // namespace cm::dist

@@ -3,8 +3,9 @@
 #include "launch/command.h"
 #include "recipes/recipe.h"
 #include "recipes/trainer.h"
-#include "distributed/communicator.h"
-#include "distributed/world.h"
+#include "distributed/communicator.h"  // Communicator::create: NCCL for a GPU, MPI for the CPU
+#include "distributed/guard.h"         // run_guarded: a rank that throws aborts the whole job
+#include "distributed/world.h"         // World::init under mpirun/srun
 
 namespace cm::cli {
 namespace {
@@ -14,7 +15,9 @@ const char* kHelp = R"(Usage: cm train RECIPE [OVERRIDES...] [--quiet]
 Train RECIPE (a name from `cm config --list` or a .toml path) with the given overrides, e.g.
   cm train toy_ct train.steps=2000 run.dir=runs/my_ct
 Under mpirun/srun each process is one rank: train.batch is the global batch, split evenly over the ranks;
-gradients are averaged with MPI; only rank 0 prints and writes the run directory.
+gradients are averaged in buckets during backward (NCCL on GPUs, MPI on CPUs, see the [dist] keys); only
+rank 0 prints and writes the run directory. A rank that fails aborts the whole job; a collective that waits
+longer than train.watchdog_s aborts it too.
 Progress lines show step, loss, schedule (N, mu), images/s and ETA. The run directory (run.dir, default
 runs/RECIPE) receives config.toml, overrides.txt, meta.json, metrics.jsonl, samples/*.png, samples.png,
 model.safetensors, ema_<rate>.safetensors and final.json.
@@ -27,23 +30,29 @@ int run(const std::vector<std::string>& argv) {
   args.check_known({"quiet"});
   auto plain = args.plain();
   if (plain.size() != 1) throw std::invalid_argument("expected exactly one RECIPE (see `cm train --help`)");
-  const World& w = init_world();
-  try {
-    Recipe r = Recipe::load(plain[0], args.overrides());
-    auto comm = make_communicator();
-    TrainerOptions opt;
-    opt.rank = w.rank, opt.world = w.size, opt.local_rank = w.local_rank, opt.local_size = w.local_size;
-    opt.quiet = args.flag("quiet");
-    opt.comm = comm.get();
-    Trainer trainer(std::move(r), opt);
-    trainer.run();
-  } catch (const std::exception& e) {
-    // One failing rank must not leave the others waiting in a collective: abort the whole job.
-    if (w.size > 1) abort_world(fmt::format("cm train failed: {}", e.what()));
-    throw;
+  TrainerOptions opt;
+  opt.quiet = args.flag("quiet");
+  Recipe r = Recipe::load(plain[0], args.overrides());
+  // Without a launcher this stays a plain process (no MPI); under mpirun/srun every rank joins the world.
+  if (!dist::launched_by_mpi()) {
+    Trainer(std::move(r), opt).run();
+    return 0;
   }
-  finalize_world();
-  return 0;
+  return dist::run_guarded([&] {
+    dist::WorldOptions wo;
+    wo.device = r.train.device;
+    wo.timeout_s = r.train.watchdog_s;  // the watchdog: a collective that takes longer aborts the job
+    const dist::World& w = dist::World::init(wo);
+    {
+      TrainerOptions ranked = opt;
+      ranked.rank = w.rank, ranked.world = w.size, ranked.local_rank = w.local_rank, ranked.local_size = w.local_size;
+      ranked.comm = dist::Communicator::create(w, w.device);
+      Trainer trainer(std::move(r), std::move(ranked));
+      trainer.run();
+    }  // the trainer holds the only reference to the communicator: both go before MPI does
+    dist::World::finalize();
+    return 0;
+  });
 }
 
 CommandRegistration reg({"train", "train a recipe (single process, or one rank under mpirun/srun)", kHelp, run});

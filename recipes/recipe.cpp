@@ -120,6 +120,11 @@ Recipe Recipe::bind(const Config& cfg, const std::string& name) {
   r.method = bind_method(root.sub("method"), r.train.steps);
   r.sample = bind_sample(root.sub("sample"));
   {
+    ConfigReader d = root.sub("dist");
+    r.dist = dist::read_dist_options(d);
+    d.finish();
+  }
+  {
     ConfigReader run = root.sub("run");
     r.run.dir = run.get_string("dir", "");
     run.finish();

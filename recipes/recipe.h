@@ -12,6 +12,7 @@
 #include "core/optim.h"
 #include "core/parameterization.h"
 #include "datasets/dataset.h"
+#include "distributed/options.h"
 
 namespace cm {
 
@@ -27,7 +28,7 @@ struct TrainConfig {
   int64_t log_every = 100;
   int64_t sample_every = 0;     // steps between sample pictures, 0 = only at the end
   int64_t check_every = 0;      // steps between cross-rank identity checks of the weights, 0 = at the end only
-  double watchdog_s = 600;      // multi-rank: abort the job when a rank makes no progress for this long (0 = off)
+  double watchdog_s = 600;      // multi-rank: abort the job when a collective waits longer than this (0 = off)
 };
 
 // Fault injection for tests of failure handling (absent from recipes; set with +debug.fail_rank=1 ...).
@@ -78,6 +79,7 @@ struct Recipe {
   MethodConfig method;
   SampleConfig sample;
   RunConfig run;
+  dist::DistOptions dist;  // [dist]: gradient buckets, overlap, timelines (multi-rank runs)
   DebugConfig debug;
   std::string dataset_kind;  // toy | hdf5
   std::string toy_name;

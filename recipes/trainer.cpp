@@ -13,9 +13,11 @@
 #include "core/ode.h"
 #include "core/rng.h"
 #include "datasets/toy2d.h"
-#include "distributed/communicator.h"
-#include "distributed/reducer.h"
-#include "distributed/watchdog.h"
+#include "distributed/communicator.h"  // the rank's device
+#include "distributed/consistency.h"   // check_same_on_all_ranks
+#include "distributed/guard.h"         // set_step: the step named by watchdog and abort messages
+#include "distributed/reducer.h"       // bucketed, overlapped gradient averaging
+#include "distributed/timeline.h"      // optional Chrome trace of the phases of a step
 
 #ifndef CM_SOURCE_REVISION
 #define CM_SOURCE_REVISION "unknown"
@@ -69,11 +71,14 @@ torch::Tensor sample_model(const Recipe& r, NetworkImpl& net, const Precondition
   return out;
 }
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() {
+  if (opt_.comm) opt_.comm->set_timeline(nullptr);  // the communicator outlives the trainer and its timeline
+}
 
 Trainer::Trainer(Recipe recipe, TrainerOptions opt) : recipe_(std::move(recipe)), opt_(opt) {
   const auto& tc = recipe_.train;
-  device_ = pick_device(tc.device, opt_.local_rank);
+  // Under mpirun the world picked the device (dist::World::init) and the communicator works on it.
+  device_ = opt_.comm ? opt_.comm->device() : pick_device(tc.device, opt_.local_rank);
   int64_t threads = tc.threads;
   if (threads <= 0) threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()) / std::max<int64_t>(1, opt_.local_size));
   torch::set_num_threads(static_cast<int>(threads));
@@ -93,14 +98,15 @@ Trainer::Trainer(Recipe recipe, TrainerOptions opt) : recipe_(std::move(recipe))
   objective_->student()->train();
   if (opt_.world > 1) {
     if (!opt_.comm) throw std::logic_error("Trainer: world > 1 needs a communicator");
-    std::vector<std::string> names;
-    for (auto& p : objective_->student()->named_parameters()) names.push_back(p.key());
-    reducer_ = std::make_unique<GradReducer>(*opt_.comm, objective_->student()->parameters());
-    reducer_->sync_parameters(names);
+    // Checks the parameter shapes on all ranks (naming any that differs), broadcasts rank 0's parameters
+    // and buffers, and hooks the buckets' all-reduces into backward.
+    reducer_ = dist::GradReducer::for_module(opt_.comm, *objective_->student(), recipe_.dist.reducer());
     objective_->after_step(-1);  // no-op for EMA targets built as copies; keeps theta- = theta at start
   }
   optimizer_ = std::make_unique<Optimizer>(objective_->student()->parameters(), tc.optimizer);
-  if (opt_.world > 1) watchdog_ = std::make_unique<Watchdog>(tc.watchdog_s);
+  if (!recipe_.dist.trace_dir.empty()) fs::create_directories(recipe_.dist.trace_dir);
+  timeline_ = std::make_unique<dist::Timeline>(recipe_.dist.trace_path(static_cast<int>(opt_.rank)), static_cast<int>(opt_.rank));
+  if (opt_.comm && timeline_->enabled()) opt_.comm->set_timeline(timeline_.get());
   emas_ = std::make_unique<SamplingEmas>(tc.ema_rates, objective_->student()->parameters());
 }
 
@@ -127,29 +133,49 @@ void Trainer::setup_run_dir() {
 
 double Trainer::train_step(int64_t step) {
   const auto& tc = recipe_.train;
+  dist::set_step(step);
+  // Injected hang before the step's work: the other ranks then wait in this step's gradient all-reduce.
+  if (recipe_.debug.hang_rank == opt_.rank && recipe_.debug.hang_step == step)
+    std::this_thread::sleep_for(std::chrono::hours(1));  // the watchdog must end the job
   Batch batch = data_->next();
   batch.x = batch.x.to(device_, /*non_blocking=*/true);
   if (batch.labels.defined()) batch.labels = batch.labels.to(device_, true);
-  optimizer_->zero_grad();
+  if (reducer_) reducer_->prepare();  // zeroes the buckets, which hold the gradients
+  else optimizer_->zero_grad();
   const int64_t local = batch.x.size(0), micro = local / tc.micro_batches;
   double loss_sum = 0;
   for (int64_t m = 0; m < tc.micro_batches; ++m) {
     Batch mb{batch.x.narrow(0, m * micro, micro), batch.labels.defined() ? batch.labels.narrow(0, m * micro, micro) : torch::Tensor()};
     StepInfo info{step, opt_.rank, tc.seed, device_, Slice{opt_.rank * local + m * micro, micro, tc.batch}};
-    auto loss = objective_->loss(mb, info) / static_cast<double>(tc.micro_batches);
-    loss.backward();
+    torch::Tensor loss;
+    {
+      auto t = timeline_->scope("forward");
+      loss = objective_->loss(mb, info) / static_cast<double>(tc.micro_batches);
+    }
+    {
+      auto t = timeline_->scope("backward");
+      // Gradient accumulation communicates only on the last micro-batch: the earlier backwards add into the
+      // buckets locally; the last one's hooks all-reduce each bucket as soon as its gradients are complete.
+      if (reducer_ && m + 1 < tc.micro_batches) {
+        auto local_only = reducer_->no_sync();
+        loss.backward();
+      } else {
+        loss.backward();
+      }
+    }
     loss_sum += loss.item<double>();
   }
-  // Gradients are averaged once per optimizer step, after the last micro-batch: accumulation over
-  // micro-batches never communicates.
   if (recipe_.debug.fail_rank == opt_.rank && recipe_.debug.fail_step == step)
     throw std::runtime_error(fmt::format("injected failure at step {} (debug.fail_rank = {})", step, opt_.rank));
-  if (recipe_.debug.hang_rank == opt_.rank && recipe_.debug.hang_step == step)
-    std::this_thread::sleep_for(std::chrono::hours(1));  // injected hang: the watchdogs must end the job
-  if (watchdog_) watchdog_->beat(step, "the gradient all-reduce");
-  if (reducer_) reducer_->all_reduce_gradients();
-  if (watchdog_) watchdog_->beat(step, "the step after the all-reduce");
-  optimizer_->step();
+  if (reducer_) {
+    auto t = timeline_->scope("all-reduce wait");
+    reducer_->finish();  // launches what backward did not, waits: every .grad is now the average over ranks
+  }
+  {
+    auto t = timeline_->scope("optimizer");
+    optimizer_->step();
+  }
+  auto t = timeline_->scope("ema");
   objective_->after_step(step);
   emas_->update(objective_->student()->parameters());
   return loss_sum;
@@ -279,22 +305,16 @@ void Trainer::save_weights() {
 // them locally from identical averaged gradients. A fingerprint per rank proves it cheaply.
 void Trainer::check_ranks_identical(int64_t step) {
   if (opt_.world <= 1) return;
-  std::vector<torch::Tensor> all = objective_->student()->parameters();
-  for (auto& [n, t] : objective_->state()) all.push_back(t);
+  std::vector<dist::NamedTensors> sets = {{"student", objective_->student()->parameters()}};
+  std::vector<torch::Tensor> target;
+  for (auto& [n, t] : objective_->state()) target.push_back(t);
+  sets.emplace_back("target", target);
   for (size_t i = 0; i < emas_->rates().size(); ++i)
-    for (auto& t : emas_->weights(i)) all.push_back(t);
-  const uint64_t h = tensor_hash(all);
-  auto hashes = opt_.comm->all_gather_u64(h);
-  std::vector<std::string> differ;
-  for (size_t r = 0; r < hashes.size(); ++r)
-    if (hashes[r] != hashes[0]) differ.push_back(std::to_string(r));
-  if (!differ.empty())
-    throw std::runtime_error(fmt::format("at step {}: student/target/EMA weights of rank(s) {} differ from rank 0 "
-                                         "(fingerprints {:016x} vs {:016x}): the ranks have diverged",
-                                         step, fmt::join(differ, ", "), hashes[std::stoul(differ[0])], hashes[0]));
+    sets.emplace_back("ema " + SamplingEmas::rate_name(emas_->rates()[i]), emas_->weights(i));
+  // Throws on every rank, naming the step, the set that differs and which ranks agree with which.
+  dist::check_same_on_all_ranks(sets, step);
   if (is_main() && !opt_.quiet)
-    fmt::print("cross-rank check at step {}: student, target and EMAs identical on all {} ranks (fingerprint {:016x})\n", step,
-               opt_.world, h);
+    fmt::print("cross-rank check at step {}: student, target and EMAs identical on all {} ranks\n", step, opt_.world);
 }
 
 TrainResult Trainer::run() {

@@ -16,14 +16,16 @@
 
 namespace cm {
 
+namespace dist {
 class Communicator;
 class GradReducer;
-class Watchdog;
+class Timeline;
+}  // namespace dist
 
 struct TrainerOptions {
   int64_t rank = 0, world = 1, local_rank = 0, local_size = 1;
-  bool quiet = false;              // no progress lines (tests)
-  Communicator* comm = nullptr;    // required when world > 1
+  bool quiet = false;                        // no progress lines (tests)
+  std::shared_ptr<dist::Communicator> comm;  // required when world > 1; its device is the rank's device
 };
 
 // Figures of a finished run, also written to RUN_DIR/final.json.
@@ -68,8 +70,8 @@ class Trainer {
   std::unique_ptr<Objective> objective_;
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<SamplingEmas> emas_;
-  std::unique_ptr<GradReducer> reducer_;
-  std::unique_ptr<Watchdog> watchdog_;
+  std::unique_ptr<dist::GradReducer> reducer_;
+  std::unique_ptr<dist::Timeline> timeline_;  // disabled unless dist.trace_dir is set
   DenoiserFn exact_denoiser_;
   std::ofstream metrics_;
   std::chrono::steady_clock::time_point t0_, t_last_;
