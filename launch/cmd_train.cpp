@@ -4,6 +4,7 @@
 #include "recipes/recipe.h"
 #include "recipes/trainer.h"
 #include "distributed/communicator.h"
+#include "distributed/preemption.h"
 #include "distributed/world.h"
 
 namespace cm::cli {
@@ -19,6 +20,16 @@ Progress lines show step, loss, schedule (N, mu), images/s and ETA. The run dire
 runs/RECIPE) receives config.toml, overrides.txt, meta.json, metrics.jsonl, samples/*.png, samples.png,
 model.safetensors, ema_<rate>.safetensors and final.json.
 
+Checkpoints: RUN_DIR/checkpoints/step_NNNNNNNN/ every checkpoint.every steps, at the end, and when the
+job is asked to stop; the newest checkpoint.keep_last are kept, plus multiples of checkpoint.keep_every.
+Restarting the same command continues from the newest committed checkpoint (resume=auto, the default),
+exactly as if the run had not stopped; resume=PATH picks a checkpoint (or run directory), resume=never
+refuses to start over a run directory that has checkpoints. On resume the config must equal the saved
+one except checkpoint.*, run.*, sample.*, train.steps, logging and device keys; a mismatch names them.
+On SIGTERM or SIGUSR1 (SLURM: --signal=USR1@180; under mpirun signal mpirun with SIGUSR1) every rank
+stops after the same step, the checkpoint of that step is committed, and cm exits with code 75
+(EX_TEMPFAIL: requeue the job and run the same command). `cm export CKPT --ema RATE` extracts weights.
+
 Options:  --quiet   no progress lines)";
 
 int run(const std::vector<std::string>& argv) {
@@ -28,6 +39,7 @@ int run(const std::vector<std::string>& argv) {
   auto plain = args.plain();
   if (plain.size() != 1) throw std::invalid_argument("expected exactly one RECIPE (see `cm train --help`)");
   const World& w = init_world();
+  bool preempted = false;
   try {
     Recipe r = Recipe::load(plain[0], args.overrides());
     auto comm = make_communicator();
@@ -36,14 +48,14 @@ int run(const std::vector<std::string>& argv) {
     opt.quiet = args.flag("quiet");
     opt.comm = comm.get();
     Trainer trainer(std::move(r), opt);
-    trainer.run();
+    preempted = trainer.run().preempted_by != 0;
   } catch (const std::exception& e) {
     // One failing rank must not leave the others waiting in a collective: abort the whole job.
     if (w.size > 1) abort_world(fmt::format("cm train failed: {}", e.what()));
     throw;
   }
   finalize_world();
-  return 0;
+  return preempted ? kExitPreempted : 0;
 }
 
 CommandRegistration reg({"train", "train a recipe (single process, or one rank under mpirun/srun)", kHelp, run});
