@@ -41,13 +41,6 @@ torch::Tensor cpu_copy(const torch::Tensor& t) {
   return d.to(torch::kCPU).contiguous();
 }
 
-NamedTensors cpu_copy(const NamedTensors& ts) {
-  NamedTensors out;
-  out.reserve(ts.size());
-  for (auto& [n, t] : ts) out.emplace_back(n, cpu_copy(t));
-  return out;
-}
-
 // The student's layout with the EMA's values for the parameters (network_state lists the parameters
 // first, in parameters() order, then the buffers).
 NamedTensors ema_state(NetworkImpl& net, const std::vector<torch::Tensor>& ema) {
@@ -230,24 +223,43 @@ std::vector<CheckpointTimes> CheckpointCoordinator::history() const {
   return history_;
 }
 
-CheckpointCoordinator::Snapshot CheckpointCoordinator::capture(int64_t step) const {
+torch::Tensor CheckpointCoordinator::copy_to_buffer(const torch::Tensor& t) {
+  const size_t i = next_buffer_++;
+  if (i < buffers_.size() && buffers_[i].sizes() == t.sizes() && buffers_[i].scalar_type() == t.scalar_type()) {
+    buffers_[i].copy_(t.detach());
+    return buffers_[i];
+  }
+  auto c = cpu_copy(t);
+  if (i < buffers_.size()) buffers_[i] = c;
+  else buffers_.push_back(c);
+  return c;
+}
+
+CheckpointCoordinator::Snapshot CheckpointCoordinator::capture(int64_t step) {
   torch::NoGradGuard ng;
+  next_buffer_ = 0;
+  auto copy = [this](const NamedTensors& ts) {
+    NamedTensors out;
+    out.reserve(ts.size());
+    for (auto& [n, t] : ts) out.emplace_back(n, copy_to_buffer(t));
+    return out;
+  };
   const auto& tc = recipe_.train;
   auto& student = *state_.objective->student();
   const std::map<std::string, std::string> meta = {
       {"recipe", recipe_.name}, {"config_hash", recipe_.config.hash()}, {"step", std::to_string(step)}};
   Snapshot s;
   s.step = step;
-  s.files.push_back(PendingFile::of_tensors("model.safetensors", cpu_copy(network_state(student)), meta));
+  s.files.push_back(PendingFile::of_tensors("model.safetensors", copy(network_state(student)), meta));
   auto obj = state_.objective->state();
-  if (!obj.empty()) s.files.push_back(PendingFile::of_tensors("objective.safetensors", cpu_copy(obj), meta));
+  if (!obj.empty()) s.files.push_back(PendingFile::of_tensors("objective.safetensors", copy(obj), meta));
   const auto& rates = state_.emas->rates();
   for (size_t i = 0; i < rates.size(); ++i) {
     auto m = meta;
     m["ema_rate"] = SamplingEmas::rate_name(rates[i]);
-    s.files.push_back(PendingFile::of_tensors(ema_file_name(rates[i]), cpu_copy(ema_state(student, state_.emas->weights(i))), m));
+    s.files.push_back(PendingFile::of_tensors(ema_file_name(rates[i]), copy(ema_state(student, state_.emas->weights(i))), m));
   }
-  s.files.push_back(PendingFile::of_tensors("optimizer.safetensors", cpu_copy(state_.optimizer->state()), meta));
+  s.files.push_back(PendingFile::of_tensors("optimizer.safetensors", copy(state_.optimizer->state()), meta));
   const DataCursor cur = state_.data->cursor();
   s.files.push_back(PendingFile::of_text(
       "state.json",
@@ -302,7 +314,6 @@ void CheckpointCoordinator::write(Snapshot& s, CheckpointTimes t) {
                                          "was touched (newest: {})",
                                          checkpoint_dir_name(s.step), e.what(), dirs.empty() ? "none" : dirs.back().second));
   }
-  s.files.clear();  // free the CPU copy before deleting old checkpoints
   apply_retention(s.step);
   t.write_s = seconds_since(t0);
   t.bytes = res.bytes;

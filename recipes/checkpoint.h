@@ -16,8 +16,8 @@
 // precision yet) and no fp32 master copy. Only rank 0 writes: the weights, EMAs and optimizer state are
 // bit-identical on all ranks (checked by fingerprint) and the cursor is global.
 //
-// Writing. save() copies the state to CPU tensors on the calling thread (the only part a training step
-// waits for) and hands the copy to a background thread that streams it to disk with checksums and
+// Writing. save() copies the state into CPU buffers on the calling thread (the only part a training step
+// waits for; the buffers are kept and reused, so this is a memcpy) and hands the copy to a background thread that streams it to disk with checksums and
 // commits it; the next save first waits for the previous one. A write error (a full disk) is raised on
 // the training thread at the next step boundary and stops the run; committed checkpoints are untouched.
 //
@@ -104,7 +104,8 @@ class CheckpointCoordinator {
 
  private:
   struct Snapshot;
-  Snapshot capture(int64_t step) const;
+  Snapshot capture(int64_t step);
+  torch::Tensor copy_to_buffer(const torch::Tensor& t);
   void write(Snapshot& s, CheckpointTimes t);
   void apply_retention(int64_t newest);
   void restore(const CheckpointInfo& c);
@@ -116,6 +117,11 @@ class CheckpointCoordinator {
   std::string dir_;
   int64_t last_saved_ = -1;
   std::future<void> pending_;
+  // CPU copies of the previous snapshot, reused by the next one (same sizes): copying into memory that is
+  // already mapped avoids a page fault per 4 KB, which costs more than the copy itself. Safe because a
+  // save first waits for the write of the previous one.
+  std::vector<torch::Tensor> buffers_;
+  mutable size_t next_buffer_ = 0;
   mutable std::mutex mu_;
   std::vector<CheckpointTimes> history_;
 };
