@@ -44,8 +44,7 @@ const char* dtype_name(torch::ScalarType t) {
 
 }  // namespace
 
-std::string safetensors_bytes(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
-  std::vector<torch::Tensor> cpu;
+std::string safetensors_header(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
   std::string header = "{";
   if (!metadata.empty()) {
     header += "\"__metadata__\":{";
@@ -60,24 +59,33 @@ std::string safetensors_bytes(const NamedTensors& tensors, const std::map<std::s
   for (size_t i = 0; i < tensors.size(); ++i) {
     auto& [name, t] = tensors[i];
     if (!t.defined()) throw std::runtime_error(fmt::format("safetensors: tensor '{}' is undefined", name));
-    auto c = t.detach().to(torch::kCPU).contiguous();
-    cpu.push_back(c);
-    const size_t nbytes = c.numel() * c.element_size();
+    const size_t nbytes = t.numel() * t.element_size();
     std::vector<std::string> dims;
-    for (auto d : c.sizes()) dims.push_back(std::to_string(d));
+    for (auto d : t.sizes()) dims.push_back(std::to_string(d));
     header += fmt::format("{}\"{}\":{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
-                          (i == 0 && metadata.empty()) ? "" : ",", json_escape(name), dtype_name(c.scalar_type()),
+                          (i == 0 && metadata.empty()) ? "" : ",", json_escape(name), dtype_name(t.scalar_type()),
                           fmt::join(dims, ","), offset, offset + nbytes);
     offset += nbytes;
   }
   header += "}";
   while (header.size() % 8) header += ' ';  // align the data section to 8 bytes, as the reference writer does
   std::string out;
-  out.reserve(8 + header.size() + offset);
   uint64_t n = header.size();
   for (int b = 0; b < 8; ++b) out += static_cast<char>((n >> (8 * b)) & 0xFF);
-  out += header;
-  for (auto& c : cpu) out.append(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+  return out + header;
+}
+
+std::string safetensors_bytes(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
+  NamedTensors cpu;
+  size_t total = 0;
+  for (auto& [name, t] : tensors) {
+    if (!t.defined()) throw std::runtime_error(fmt::format("safetensors: tensor '{}' is undefined", name));
+    cpu.emplace_back(name, t.detach().to(torch::kCPU).contiguous());
+    total += cpu.back().second.numel() * cpu.back().second.element_size();
+  }
+  std::string out = safetensors_header(cpu, metadata);
+  out.reserve(out.size() + total);
+  for (auto& [name, c] : cpu) out.append(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
   return out;
 }
 

@@ -24,6 +24,10 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 // Serializes to bytes (what save_safetensors writes).
 std::string safetensors_bytes(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata = {});
+// The 8-byte size and the JSON header alone; the data section that follows is each tensor's raw bytes in
+// order. For writers that stream large tensors to a file without building the whole file in memory;
+// the tensors must already be contiguous (their sizes and dtypes are what the header describes).
+std::string safetensors_header(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata = {});
 
 // Reads and validates (header bounds, dtypes, offsets inside the file, no overlap); throws naming the path.
 TensorFile load_safetensors(const std::string& path);

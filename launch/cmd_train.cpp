@@ -6,6 +6,7 @@
 #include "distributed/communicator.h"  // Communicator::create: NCCL for a GPU, MPI for the CPU
 #include "distributed/guard.h"         // run_guarded: a rank that throws aborts the whole job
 #include "distributed/world.h"         // World::init under mpirun/srun
+#include "distributed/preemption.h"       // kExitPreempted
 
 namespace cm::cli {
 namespace {
@@ -22,6 +23,16 @@ Progress lines show step, loss, schedule (N, mu), images/s and ETA. The run dire
 runs/RECIPE) receives config.toml, overrides.txt, meta.json, metrics.jsonl, samples/*.png, samples.png,
 model.safetensors, ema_<rate>.safetensors and final.json.
 
+Checkpoints: RUN_DIR/checkpoints/step_NNNNNNNN/ every checkpoint.every steps, at the end, and when the
+job is asked to stop; the newest checkpoint.keep_last are kept, plus multiples of checkpoint.keep_every.
+Restarting the same command continues from the newest committed checkpoint (resume=auto, the default),
+exactly as if the run had not stopped; resume=PATH picks a checkpoint (or run directory), resume=never
+refuses to start over a run directory that has checkpoints. On resume the config must equal the saved
+one except checkpoint.*, run.*, sample.*, train.steps, logging and device keys; a mismatch names them.
+On SIGTERM or SIGUSR1 (SLURM: --signal=USR1@180; under mpirun signal mpirun with SIGUSR1) every rank
+stops after the same step, the checkpoint of that step is committed, and cm exits with code 75
+(EX_TEMPFAIL: requeue the job and run the same command). `cm export CKPT --ema RATE` extracts weights.
+
 Options:  --quiet   no progress lines)";
 
 int run(const std::vector<std::string>& argv) {
@@ -34,24 +45,22 @@ int run(const std::vector<std::string>& argv) {
   opt.quiet = args.flag("quiet");
   Recipe r = Recipe::load(plain[0], args.overrides());
   // Without a launcher this stays a plain process (no MPI); under mpirun/srun every rank joins the world.
-  if (!dist::launched_by_mpi()) {
-    Trainer(std::move(r), opt).run();
-    return 0;
-  }
+  if (!dist::launched_by_mpi()) return Trainer(std::move(r), opt).run().preempted_by ? kExitPreempted : 0;
   return dist::run_guarded([&] {
     dist::WorldOptions wo;
     wo.device = r.train.device;
     wo.timeout_s = r.train.watchdog_s;  // the watchdog: a collective that takes longer aborts the job
     const dist::World& w = dist::World::init(wo);
+    bool preempted = false;
     {
       TrainerOptions ranked = opt;
       ranked.rank = w.rank, ranked.world = w.size, ranked.local_rank = w.local_rank, ranked.local_size = w.local_size;
       ranked.comm = dist::Communicator::create(w, w.device);
       Trainer trainer(std::move(r), std::move(ranked));
-      trainer.run();
+      preempted = trainer.run().preempted_by != 0;
     }  // the trainer holds the only reference to the communicator: both go before MPI does
     dist::World::finalize();
-    return 0;
+    return preempted ? kExitPreempted : 0;
   });
 }
 

@@ -1,8 +1,10 @@
 // Recipe binding (see recipe.h).
 #include "recipes/recipe.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fmt/format.h>
+#include "core/checkpoint_dir.h"
 #include "core/network.h"
 #include "datasets/loader.h"
 #include "datasets/toy2d.h"
@@ -151,8 +153,29 @@ Recipe Recipe::bind(const Config& cfg, const std::string& name) {
     r.debug.fail_step = d.get_int("fail_step", -1);
     r.debug.hang_rank = d.get_int("hang_rank", -1);
     r.debug.hang_step = d.get_int("hang_step", -1);
+    r.debug.signal_rank = d.get_int("signal_rank", -1);
+    r.debug.signal_step = d.get_int("signal_step", -1);
+    r.debug.ckpt_crash_at = d.get_string("ckpt_crash_at", "");
+    r.debug.ckpt_fault_step = d.get_int("ckpt_fault_step", -1);
+    r.debug.ckpt_fail_after_bytes = d.get_int("ckpt_fail_after_bytes", -1);
     d.finish();
+    const auto& phases = commit_crash_phases();
+    if (!r.debug.ckpt_crash_at.empty() && std::find(phases.begin(), phases.end(), r.debug.ckpt_crash_at) == phases.end())
+      throw ConfigError(fmt::format("'debug.ckpt_crash_at' = \"{}\" is not one of: {}", r.debug.ckpt_crash_at, fmt::join(phases, ", ")));
   }
+  {
+    ConfigReader c = root.sub("checkpoint");
+    r.checkpoint.every = c.get_int("every", r.checkpoint.every);
+    r.checkpoint.keep_last = c.get_int("keep_last", r.checkpoint.keep_last);
+    r.checkpoint.keep_every = c.get_int("keep_every", r.checkpoint.keep_every);
+    r.checkpoint.async = c.get_bool("async", r.checkpoint.async);
+    c.finish();
+    if (r.checkpoint.every < 0) throw ConfigError("'checkpoint.every' must be >= 0 (0 = only at the end and when preempted)");
+    if (r.checkpoint.keep_last < 1) throw ConfigError("'checkpoint.keep_last' must be >= 1");
+    if (r.checkpoint.keep_every < 0) throw ConfigError("'checkpoint.keep_every' must be >= 0 (0 = no milestones)");
+  }
+  r.resume = root.get_string("resume", "auto");
+  if (r.resume.empty()) throw ConfigError("'resume' must be \"auto\", \"never\" or the path of a checkpoint or run directory");
   root.sub("model");  // checked by build_network
   root.allow({"groups"});
   root.finish();

@@ -35,6 +35,18 @@ struct TrainConfig {
 struct DebugConfig {
   int64_t fail_rank = -1, fail_step = -1;  // throw on that rank at that step
   int64_t hang_rank = -1, hang_step = -1;  // sleep forever on that rank at that step
+  int64_t signal_rank = -1, signal_step = -1;  // that rank raises SIGUSR1 on itself after that many steps
+  std::string ckpt_crash_at;                // SIGKILL during a checkpoint commit at this phase (core/checkpoint_dir.h)
+  int64_t ckpt_fail_after_bytes = -1;       // a checkpoint commit fails with ENOSPC after this many bytes
+  int64_t ckpt_fault_step = -1;             // the two checkpoint faults hit the checkpoint of this step (-1: every one)
+};
+
+// Checkpoints ([checkpoint] in _base.toml; recipes/checkpoint.h). Changing these keys on resume is allowed.
+struct CheckpointConfig {
+  int64_t every = 1000;    // steps between checkpoints; 0 = only at the end and when preempted
+  int64_t keep_last = 3;   // committed checkpoints kept (the newest ones) ...
+  int64_t keep_every = 0;  // ... plus every step that is a multiple of this (milestones); 0 = none
+  bool async = true;       // write in a background thread from a CPU copy (false: the step waits for the disk)
 };
 
 struct MethodConfig {
@@ -80,6 +92,11 @@ struct Recipe {
   SampleConfig sample;
   RunConfig run;
   dist::DistOptions dist;  // [dist]: gradient buckets, overlap, timelines (multi-rank runs)
+  CheckpointConfig checkpoint;
+  // "auto": continue from the newest committed checkpoint of run.dir if there is one; "never": start
+  // from scratch (an error when run.dir already holds checkpoints); else the path of a checkpoint, of a
+  // checkpoints/ directory or of a run directory (its newest committed checkpoint).
+  std::string resume = "auto";
   DebugConfig debug;
   std::string dataset_kind;  // toy | hdf5
   std::string toy_name;

@@ -18,6 +18,7 @@
 #include "distributed/guard.h"         // set_step: the step named by watchdog and abort messages
 #include "distributed/reducer.h"       // bucketed, overlapped gradient averaging
 #include "distributed/timeline.h"      // optional Chrome trace of the phases of a step
+#include "recipes/checkpoint.h"       // checkpoints, resume, preemption
 
 #ifndef CM_SOURCE_REVISION
 #define CM_SOURCE_REVISION "unknown"
@@ -110,7 +111,7 @@ Trainer::Trainer(Recipe recipe, TrainerOptions opt) : recipe_(std::move(recipe))
   emas_ = std::make_unique<SamplingEmas>(tc.ema_rates, objective_->student()->parameters());
 }
 
-void Trainer::setup_run_dir() {
+void Trainer::setup_run_dir(bool resumed) {
   if (!is_main()) return;
   const std::string& dir = recipe_.run.dir;
   std::error_code ec;
@@ -127,7 +128,8 @@ void Trainer::setup_run_dir() {
                                 "\"device\": \"{}\", \"host\": \"{}\", \"config_hash\": \"{}\", \"torch\": \"{}.{}\"}}\n",
                                 recipe_.name, recipe_.config.recipe_path(), CM_SOURCE_REVISION, opt_.world, device_.str(), host,
                                 recipe_.config.hash(), TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR));
-  metrics_.open(dir + "/metrics.jsonl", std::ios::out | std::ios::trunc);
+  // A resumed run continues the metrics (the checkpoint coordinator trimmed them to its step).
+  metrics_.open(dir + "/metrics.jsonl", std::ios::out | (resumed ? std::ios::app : std::ios::trunc));
   if (!metrics_) throw std::runtime_error(fmt::format("cannot write '{}/metrics.jsonl'", dir));
 }
 
@@ -319,7 +321,13 @@ void Trainer::check_ranks_identical(int64_t step) {
 
 TrainResult Trainer::run() {
   const auto& tc = recipe_.train;
-  setup_run_dir();
+  // Checkpoints (recipes/checkpoint.h): continue from the newest committed one, if any.
+  checkpoints_ = std::make_unique<CheckpointCoordinator>(
+      recipe_, TrainStateRefs{objective_.get(), emas_.get(), optimizer_.get(), data_.get()},
+      CheckpointCoordinator::Options{opt_.rank, opt_.world, opt_.comm.get(), opt_.quiet});
+  start_step_ = checkpoints_->resume();
+  if (start_step_ > 0) check_ranks_identical(start_step_);
+  setup_run_dir(start_step_ > 0);
   if (is_main() && !opt_.quiet) {
     fmt::print("cm train: recipe {} | method {} | {} | {} parameters | device {} | {} rank(s)\n", recipe_.name, recipe_.method.name,
                data_->describe(), count_parameters(*objective_->student()), device_.str(), opt_.world);
@@ -335,8 +343,18 @@ TrainResult Trainer::run() {
     log_progress(step, last_loss_);
     if (tc.check_every > 0 && (step + 1) % tc.check_every == 0 && step + 1 < tc.steps) check_ranks_identical(step + 1);
     if (tc.sample_every > 0 && (step + 1) % tc.sample_every == 0 && step + 1 < tc.steps) write_samples(step + 1, false);
+    // Saves when due; on SIGTERM/SIGUSR1 (agreed by all ranks) the checkpoint of this step is committed and the run stops.
+    if (int sig = checkpoints_->step_end(step + 1)) {
+      TrainResult res;
+      res.steps = step + 1;
+      res.final_loss = last_loss_;
+      res.run_dir = recipe_.run.dir;
+      res.preempted_by = sig;
+      return res;
+    }
   }
   check_ranks_identical(tc.steps);
+  checkpoints_->finish(tc.steps);  // the final state, written while the samples and figures are made
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
   TrainResult res;
   res.steps = tc.steps;
@@ -346,6 +364,7 @@ TrainResult Trainer::run() {
   write_samples(tc.steps, true);
   res.quality = evaluate_quality();
   save_weights();
+  checkpoints_->wait();
   if (is_main()) {
     std::string q;
     for (auto& [k, v] : res.quality) q += fmt::format(", \"{}\": {:.6g}", k, v);

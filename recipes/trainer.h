@@ -16,6 +16,7 @@
 
 namespace cm {
 
+class CheckpointCoordinator;
 namespace dist {
 class Communicator;
 class GradReducer;
@@ -35,6 +36,7 @@ struct TrainResult {
   double images_per_sec = 0;
   std::map<std::string, double> quality;  // e.g. swd_1step, swd_2step, swd_data_floor (toys)
   std::string run_dir;
+  int preempted_by = 0;  // the signal that stopped the run after a checkpoint (exit with kExitPreempted); 0 = finished
 };
 
 class Trainer {
@@ -53,9 +55,10 @@ class Trainer {
   Optimizer& optimizer() { return *optimizer_; }
   const Recipe& recipe() const { return recipe_; }
   torch::Device device() const { return device_; }
+  CheckpointCoordinator* checkpoints() { return checkpoints_.get(); }  // after run() has started
 
  private:
-  void setup_run_dir();
+  void setup_run_dir(bool resumed);
   double train_step(int64_t step);
   void log_progress(int64_t step, double loss);
   void write_samples(int64_t step, bool final);
@@ -72,6 +75,7 @@ class Trainer {
   std::unique_ptr<SamplingEmas> emas_;
   std::unique_ptr<dist::GradReducer> reducer_;
   std::unique_ptr<dist::Timeline> timeline_;  // disabled unless dist.trace_dir is set
+  std::unique_ptr<CheckpointCoordinator> checkpoints_;
   DenoiserFn exact_denoiser_;
   std::ofstream metrics_;
   std::chrono::steady_clock::time_point t0_, t_last_;

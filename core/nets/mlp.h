@@ -1,4 +1,5 @@
-// A small residual MLP with a sinusoidal noise embedding, for the 2-D toy distributions.
+// A small residual MLP with a sinusoidal noise embedding, for the 2-D toy distributions (and, flattened,
+// for tiny images up to 16x16 in tests of the image data path).
 #pragma once
 #include "core/network.h"
 #include <torch/torch.h>

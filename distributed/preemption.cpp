@@ -1,0 +1,68 @@
+// Preemption signals and the agreement between ranks (see preemption.h).
+#include "distributed/preemption.h"
+
+#include <signal.h>
+
+#include <atomic>
+#include <cstring>
+#include <torch/torch.h>
+#include "distributed/communicator.h"
+
+namespace cm {
+
+namespace {
+
+std::atomic<int> g_signal{0};  // lock-free, so async-signal-safe to store into
+static_assert(std::atomic<int>::is_always_lock_free);
+
+void on_signal(int sig) {
+  int expected = 0;
+  if (!g_signal.compare_exchange_strong(expected, sig) && sig == SIGTERM) {
+    // Asked twice: stop waiting for the step boundary.
+    ::signal(SIGTERM, SIG_DFL);
+    ::raise(SIGTERM);
+  }
+}
+
+}  // namespace
+
+void install_preemption_handlers() {
+  static bool installed = false;
+  if (installed) return;
+  installed = true;
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;  // a signal must not make an in-flight write or MPI call fail with EINTR
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGUSR1, &sa, nullptr);
+}
+
+int preemption_signal() { return g_signal.load(); }
+
+void request_preemption(int sig) {
+  int expected = 0;
+  g_signal.compare_exchange_strong(expected, sig);
+}
+
+int agree_on_preemption(dist::Communicator* comm) {
+  const int local = g_signal.load();
+  if (!comm || comm->size() <= 1) return local;
+  auto t = torch::tensor({static_cast<int64_t>(local != 0)}, torch::kInt64).to(comm->device());
+  comm->all_reduce_async(t, dist::ReduceOp::Sum, "preemption flag")->wait();
+  if (t.cpu().item<int64_t>() == 0) return 0;
+  return local ? local : -1;
+}
+
+const char* signal_name(int sig) {
+  switch (sig) {
+    case SIGTERM: return "SIGTERM";
+    case SIGUSR1: return "SIGUSR1";
+    case SIGINT: return "SIGINT";
+    case -1: return "a stop signal received by another rank";
+    default: return "a signal";
+  }
+}
+
+}  // namespace cm

@@ -1,0 +1,14 @@
+// `cm bench` subcommands: measurements that are not tests (cmd_bench.cpp dispatches).
+#pragma once
+#include <string>
+#include <vector>
+
+namespace cm::cli {
+
+extern const char* const kBenchAllreduceHelp;
+int bench_allreduce(const std::vector<std::string>& argv);  // argv after "allreduce"; run under mpirun
+
+extern const char* const kBenchCheckpointHelp;
+int bench_checkpoint(const std::vector<std::string>& argv);  // argv after "checkpoint"
+
+}  // namespace cm::cli

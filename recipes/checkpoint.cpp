@@ -1,0 +1,489 @@
+// The checkpoint coordinator (see checkpoint.h).
+#include "recipes/checkpoint.h"
+
+#include <fmt/format.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <set>
+#include <torch/torch.h>
+#include "core/ema.h"
+#include "core/json.h"
+#include "core/optim.h"
+#include "distributed/communicator.h"
+#include "distributed/preemption.h"
+#include "recipes/objectives.h"
+
+#ifndef CM_SOURCE_REVISION
+#define CM_SOURCE_REVISION "unknown"
+#endif
+
+namespace fs = std::filesystem;
+
+namespace cm {
+
+namespace {
+
+constexpr const char* kStateFormat = "cm-train-state";
+constexpr int64_t kStateVersion = 1;
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// A CPU copy that the training thread may not change any more: cloned when the tensor lives on the CPU
+// (training goes on updating the original in place), copied when it lives on a GPU.
+torch::Tensor cpu_copy(const torch::Tensor& t) {
+  auto d = t.detach();
+  if (d.device().is_cpu()) return d.clone(at::MemoryFormat::Contiguous);
+  return d.to(torch::kCPU).contiguous();
+}
+
+// The student's layout with the EMA's values for the parameters (network_state lists the parameters
+// first, in parameters() order, then the buffers).
+NamedTensors ema_state(NetworkImpl& net, const std::vector<torch::Tensor>& ema) {
+  NamedTensors out;
+  size_t k = 0;
+  for (auto& [n, v] : network_state(net)) {
+    out.emplace_back(n, k < ema.size() ? ema[k] : v);
+    ++k;
+  }
+  return out;
+}
+
+// Copies a file's tensors into `dst` by name; every name, shape and dtype must match.
+void assign_named(const NamedTensors& dst, const TensorFile& src, const std::string& origin) {
+  std::vector<std::string> problems;
+  std::set<std::string> names;
+  for (auto& [n, t] : dst) {
+    names.insert(n);
+    const torch::Tensor* s = src.find(n);
+    if (!s) problems.push_back("missing " + n);
+    else if (s->sizes() != t.sizes() || s->scalar_type() != t.scalar_type())
+      problems.push_back(fmt::format("{} is {} {} in the checkpoint, {} {} in this run", n, c10::toString(s->scalar_type()),
+                                     c10::str(s->sizes()), c10::toString(t.scalar_type()), c10::str(t.sizes())));
+  }
+  for (auto& [n, t] : src.tensors)
+    if (!names.count(n)) problems.push_back("unexpected " + n);
+  if (!problems.empty())
+    throw std::runtime_error(fmt::format("{} does not match this run's network: {}", origin, fmt::join(problems, "; ")));
+  torch::NoGradGuard ng;
+  for (auto& [n, t] : dst) t.copy_(*src.find(n));
+}
+
+std::string json_doubles(const std::vector<double>& v) {
+  std::vector<std::string> s;
+  for (double x : v) s.push_back(fmt::format("{:.17g}", x));
+  return fmt::format("[{}]", fmt::join(s, ", "));
+}
+
+// A string from rank 0 to every rank.
+std::string broadcast_string(dist::Communicator* comm, int64_t world, const std::string& s) {
+  if (!comm || world <= 1) return s;
+  // On the communicator's device (NCCL takes CUDA tensors only).
+  auto n = torch::tensor({static_cast<int64_t>(s.size())}, torch::kInt64).to(comm->device());
+  comm->broadcast(n, 0, "checkpoint path length");
+  const int64_t len = n.cpu().item<int64_t>();
+  auto bytes = torch::zeros({len}, torch::kUInt8);
+  if (comm->rank() == 0 && !s.empty()) std::memcpy(bytes.data_ptr(), s.data(), s.size());
+  if (len > 0) {
+    auto dev = bytes.to(comm->device());
+    comm->broadcast(dev, 0, "checkpoint path");
+    bytes = dev.cpu();
+  }
+  return std::string(static_cast<const char*>(bytes.data_ptr()), static_cast<size_t>(len));
+}
+
+// Keeps the lines of metrics.jsonl up to `step` (later ones belong to the interrupted run's lost future;
+// a line cut short by a kill is dropped too).
+void trim_metrics(const std::string& path, int64_t step) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return;
+  std::string text = read_file(path), kept;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) break;  // unterminated last line
+    std::string line = text.substr(pos, end - pos);
+    pos = end + 1;
+    try {
+      Json j = parse_json(line, path);
+      const Json* s = j.get("step");
+      if (s && s->integer <= step) kept += line + "\n";
+    } catch (const std::exception&) {
+    }
+  }
+  write_file_atomic(path, kept);
+}
+
+// A name beside `dir` that does not exist yet: DIR.skipped, DIR.skipped-2, ...
+std::string aside_name(const std::string& dir) {
+  std::error_code ec;
+  for (int i = 1;; ++i) {
+    std::string p = i == 1 ? dir + ".skipped" : fmt::format("{}.skipped-{}", dir, i);
+    if (!fs::exists(p, ec)) return p;
+  }
+}
+
+}  // namespace
+
+struct CheckpointCoordinator::Snapshot {
+  int64_t step = 0;
+  std::vector<PendingFile> files;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Config compatibility
+
+const std::vector<std::string>& resume_mutable_keys() {
+  // Where to checkpoint and log, how often, on what hardware: none of it changes the training state.
+  static const std::vector<std::string> k = {"checkpoint",        "resume",           "run",
+                                             "debug",             "sample",           "train.steps",
+                                             "train.log_every",   "train.sample_every", "train.check_every",
+                                             "train.watchdog_s",  "train.threads",    "train.device",
+                                             "method.curriculum_steps", "dist",  // communication layout only
+                                             "dataset.loader_threads", "dataset.prefetch", "dataset.io",
+                                             "dataset.path"};  // the same data moved to another disk
+  return k;
+}
+
+void check_resume_config(const Recipe& now, const Config& saved, const std::string& origin) {
+  auto diff = now.config.diff_keys(saved, resume_mutable_keys());
+  if (!diff.empty())
+    throw ConfigError(fmt::format("cannot resume from {}: the config differs from the one it was trained with in {} ({}). Only {} "
+                                  "may change on resume; start a new run.dir to train with another config, or set those keys "
+                                  "back (the saved config is {}/config.toml)",
+                                  origin, diff.size() == 1 ? "key" : "keys", fmt::join(diff, ", "), fmt::join(resume_mutable_keys(), ", "),
+                                  origin));
+  // train.steps may change only when it does not move the curriculum, which is spread over it by default.
+  Recipe old;
+  try {
+    old = Recipe::bind(saved, now.name);
+  } catch (const std::exception& e) {
+    throw ConfigError(fmt::format("cannot resume from {}: its config.toml does not bind in this version: {}", origin, e.what()));
+  }
+  const auto& m = now.method;
+  int64_t was = -1, is = -1;
+  if (m.schedule == "ct") was = old.method.ct.total_steps, is = m.ct.total_steps;
+  if (m.schedule == "ict") was = old.method.ict.total_steps, is = m.ict.total_steps;
+  if (was != is)
+    throw ConfigError(fmt::format("cannot resume from {}: the {} curriculum N(k) was spread over {} steps and would now be spread "
+                                  "over {} (train.steps changed from {} to {}); add +method.curriculum_steps={} to keep it",
+                                  origin, m.schedule == "ct" ? "CT" : "iCT", was, is, old.train.steps, now.train.steps, was));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Reading
+
+std::string ema_file_name(double rate) { return fmt::format("ema_{}.safetensors", SamplingEmas::rate_name(rate)); }
+
+TensorFile read_checkpoint_tensors(const CheckpointInfo& c, const std::string& name) {
+  return parse_safetensors(read_checkpoint_file(c, name), c.path + "/" + name);
+}
+
+std::optional<CheckpointInfo> newest_valid_checkpoint(const std::string& parent, std::vector<std::string>* skipped) {
+  auto dirs = list_checkpoint_dirs(parent);
+  for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
+    try {
+      return verify_checkpoint(it->second);
+    } catch (const std::exception& e) {
+      if (skipped) skipped->push_back(e.what());
+    }
+  }
+  return std::nullopt;
+}
+
+CheckpointInfo find_checkpoint(const std::string& given, std::vector<std::string>* skipped) {
+  std::error_code ec;
+  std::string path = fs::path(given).lexically_normal().string();
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  if (!fs::is_directory(path, ec)) throw std::runtime_error(fmt::format("'{}' is not a directory", path));
+  const std::string leaf = fs::path(path).filename().string();
+  if (fs::exists(fs::path(path) / kCommitMarker, ec) || parse_checkpoint_dir_name(leaf) || leaf.rfind(".tmp-", 0) == 0)
+    return verify_checkpoint(path);
+  const std::string parent = fs::is_directory(fs::path(path) / "checkpoints", ec) ? path + "/checkpoints" : path;
+  if (auto c = newest_valid_checkpoint(parent, skipped)) return *c;
+  throw std::runtime_error(fmt::format("no committed checkpoint in '{}'{}", parent,
+                                       skipped && !skipped->empty() ? fmt::format(" ({} skipped: {})", skipped->size(), fmt::join(*skipped, "; ")) : ""));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Coordinator
+
+CheckpointCoordinator::CheckpointCoordinator(const Recipe& recipe, TrainStateRefs state, Options opt)
+    : recipe_(recipe), state_(state), opt_(opt), dir_(recipe.run.dir + "/checkpoints") {
+  if (opt_.world > 1 && !opt_.comm) throw std::logic_error("CheckpointCoordinator: world > 1 needs a communicator");
+  install_preemption_handlers();
+}
+
+CheckpointCoordinator::~CheckpointCoordinator() {
+  try {
+    wait();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "cm: %s\n", e.what());
+  }
+}
+
+std::vector<CheckpointTimes> CheckpointCoordinator::history() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return history_;
+}
+
+torch::Tensor CheckpointCoordinator::copy_to_buffer(const torch::Tensor& t) {
+  const size_t i = next_buffer_++;
+  if (i < buffers_.size() && buffers_[i].sizes() == t.sizes() && buffers_[i].scalar_type() == t.scalar_type()) {
+    buffers_[i].copy_(t.detach());
+    return buffers_[i];
+  }
+  auto c = cpu_copy(t);
+  if (i < buffers_.size()) buffers_[i] = c;
+  else buffers_.push_back(c);
+  return c;
+}
+
+CheckpointCoordinator::Snapshot CheckpointCoordinator::capture(int64_t step) {
+  torch::NoGradGuard ng;
+  next_buffer_ = 0;
+  auto copy = [this](const NamedTensors& ts) {
+    NamedTensors out;
+    out.reserve(ts.size());
+    for (auto& [n, t] : ts) out.emplace_back(n, copy_to_buffer(t));
+    return out;
+  };
+  const auto& tc = recipe_.train;
+  auto& student = *state_.objective->student();
+  const std::map<std::string, std::string> meta = {
+      {"recipe", recipe_.name}, {"config_hash", recipe_.config.hash()}, {"step", std::to_string(step)}};
+  Snapshot s;
+  s.step = step;
+  s.files.push_back(PendingFile::of_tensors("model.safetensors", copy(network_state(student)), meta));
+  auto obj = state_.objective->state();
+  if (!obj.empty()) s.files.push_back(PendingFile::of_tensors("objective.safetensors", copy(obj), meta));
+  const auto& rates = state_.emas->rates();
+  for (size_t i = 0; i < rates.size(); ++i) {
+    auto m = meta;
+    m["ema_rate"] = SamplingEmas::rate_name(rates[i]);
+    s.files.push_back(PendingFile::of_tensors(ema_file_name(rates[i]), copy(ema_state(student, state_.emas->weights(i))), m));
+  }
+  s.files.push_back(PendingFile::of_tensors("optimizer.safetensors", copy(state_.optimizer->state()), meta));
+  const DataCursor cur = state_.data->cursor();
+  s.files.push_back(PendingFile::of_text(
+      "state.json",
+      fmt::format("{{\n  \"format\": \"{}\",\n  \"version\": {},\n  \"step\": {},\n  \"images_seen\": {},\n  \"global_batch\": {},\n"
+                  "  \"micro_batches\": {},\n  \"world_size\": {},\n  \"data_cursor\": {{\"epoch\": {}, \"batch_in_epoch\": {}, "
+                  "\"batches_total\": {}}},\n  \"ema_rates\": {},\n  \"optimizer_steps\": {},\n  \"config_hash\": \"{}\",\n"
+                  "  \"recipe\": \"{}\",\n  \"source_revision\": \"{}\",\n"
+                  "  \"rng\": \"none saved: every draw of step k is derived from (seed, k[, rank]) (core/rng.h)\"\n}}\n",
+                  kStateFormat, kStateVersion, step, step * tc.batch, tc.batch, tc.micro_batches, opt_.world, cur.epoch,
+                  cur.batch_in_epoch, cur.batches_total, json_doubles(rates), state_.optimizer->steps_taken(),
+                  recipe_.config.hash(), json_escape(recipe_.name), CM_SOURCE_REVISION)));
+  s.files.push_back(PendingFile::of_text("config.toml", recipe_.config.to_toml() + "\n"));
+  return s;
+}
+
+void CheckpointCoordinator::save(int64_t step, bool wait_for_it) {
+  last_saved_ = step;
+  if (!is_main()) return;
+  CheckpointTimes t;
+  t.step = step;
+  t.async = recipe_.checkpoint.async && !wait_for_it;
+  auto t0 = Clock::now();
+  wait();  // a second save waits for the first
+  t.wait_s = seconds_since(t0);
+  auto t1 = Clock::now();
+  auto snap = std::make_shared<Snapshot>(capture(step));
+  t.snapshot_s = seconds_since(t1);
+  if (t.async) {
+    pending_ = std::async(std::launch::async, [this, snap, t] { write(*snap, t); });
+  } else {
+    write(*snap, t);
+  }
+}
+
+void CheckpointCoordinator::write(Snapshot& s, CheckpointTimes t) {
+  const auto t0 = Clock::now();
+  const auto& dbg = recipe_.debug;
+  CommitFaults faults;
+  if (dbg.ckpt_fault_step < 0 || dbg.ckpt_fault_step == s.step) {
+    faults.crash_at = dbg.ckpt_crash_at;
+    faults.fail_after_bytes = dbg.ckpt_fail_after_bytes;
+  }
+  CommitResult res;
+  try {
+    std::error_code ec;
+    fs::create_directories(dir_, ec);
+    if (ec) throw std::runtime_error(fmt::format("cannot create '{}': {}", dir_, ec.message()));
+    res = commit_checkpoint(dir_, s.step, s.files, faults);
+  } catch (const std::exception& e) {
+    auto dirs = list_checkpoint_dirs(dir_);
+    throw std::runtime_error(fmt::format("checkpoint {} could not be written, so training stops: {}. Nothing committed before it "
+                                         "was touched (newest: {})",
+                                         checkpoint_dir_name(s.step), e.what(), dirs.empty() ? "none" : dirs.back().second));
+  }
+  apply_retention(s.step);
+  t.write_s = seconds_since(t0);
+  t.bytes = res.bytes;
+  if (!opt_.quiet)
+    fmt::print("checkpoint {}: {:.1f} MB committed in {:.2f} s{} (training waited {:.3f} s)\n", res.path, res.bytes / 1e6, t.write_s,
+               t.async ? " in the background" : "", t.step_blocked_s());
+  std::fflush(stdout);
+  std::lock_guard<std::mutex> lock(mu_);
+  history_.push_back(t);
+}
+
+void CheckpointCoordinator::apply_retention(int64_t newest) {
+  const auto& c = recipe_.checkpoint;
+  auto dirs = list_checkpoint_dirs(dir_);
+  std::vector<std::pair<int64_t, std::string>> older;
+  for (auto& d : dirs)
+    if (d.first <= newest) older.push_back(d);
+  const size_t n = older.size();
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t step = older[i].first;
+    const bool recent = i + static_cast<size_t>(c.keep_last) >= n;
+    const bool milestone = c.keep_every > 0 && step % c.keep_every == 0;
+    if (recent || milestone) continue;
+    try {
+      remove_checkpoint(older[i].second);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "warning: {} (old checkpoint kept)\n", e.what());
+    }
+  }
+}
+
+bool CheckpointCoordinator::busy() const {
+  return pending_.valid() && pending_.wait_for(std::chrono::seconds(0)) != std::future_status::ready;
+}
+
+void CheckpointCoordinator::wait() {
+  if (!pending_.valid()) return;
+  pending_.get();
+}
+
+int CheckpointCoordinator::step_end(int64_t done) {
+  if (is_main() && pending_.valid() && pending_.wait_for(std::chrono::seconds(0)) == std::future_status::ready) pending_.get();
+  const auto& dbg = recipe_.debug;
+  if (dbg.signal_rank == opt_.rank && dbg.signal_step == done) ::raise(SIGUSR1);  // through the real handler
+  const int sig = agree_on_preemption(opt_.comm);
+  if (sig != 0) {
+    if (last_saved_ != done) save(done, /*wait=*/true);
+    else wait();
+    if (is_main())
+      fmt::print(stderr, "cm train: stopping after step {} on {}: checkpoint {}/{} is committed; exiting with code {} (run the "
+                 "same command to continue)\n", done, signal_name(sig), dir_, checkpoint_dir_name(done), kExitPreempted);
+    return sig;
+  }
+  const int64_t every = recipe_.checkpoint.every;
+  if (every > 0 && done % every == 0) save(done, !recipe_.checkpoint.async);
+  return 0;
+}
+
+void CheckpointCoordinator::finish(int64_t done) {
+  if (last_saved_ != done) save(done, /*wait=*/false);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Resume
+
+int64_t CheckpointCoordinator::resume() {
+  const std::string& mode = recipe_.resume;
+  std::string chosen;  // path of the checkpoint to load; "" = fresh start
+  if (is_main()) {
+    for (auto& t : remove_stale_temporaries(dir_))
+      fmt::print(stderr, "note: removed {}/{}, left by a checkpoint write that was interrupted\n", dir_, t);
+    std::vector<std::string> skipped;
+    std::optional<CheckpointInfo> info;
+    if (mode == "never") {
+      auto dirs = list_checkpoint_dirs(dir_);
+      if (!dirs.empty())
+        throw ConfigError(fmt::format("resume = \"never\", but {} already holds checkpoints (up to {}); use another run.dir, or "
+                                      "resume=auto to continue", dir_, dirs.back().second));
+    } else if (mode == "auto") {
+      info = newest_valid_checkpoint(dir_, &skipped);
+    } else {
+      info = find_checkpoint(mode, &skipped);
+    }
+    for (auto& s : skipped) fmt::print(stderr, "warning: skipping a checkpoint that does not verify: {}\n", s);
+    if (info && info->step > recipe_.train.steps)
+      throw ConfigError(fmt::format("{} is at step {}, beyond train.steps = {}: raise train.steps (with +method.curriculum_steps "
+                                    "for CT/iCT) or resume from an earlier checkpoint", info->path, info->step, recipe_.train.steps));
+    if (info) {
+      Config saved = Config::parse(read_checkpoint_file(*info, "config.toml"), info->path + "/config.toml");
+      check_resume_config(recipe_, saved, info->path);
+      chosen = info->path;
+    }
+    // Checkpoints of this run directory newer than the one resumed from (unverifiable ones, or a future
+    // abandoned by resume=PATH) are moved aside, never deleted, so that this run can commit those steps.
+    const int64_t from = info ? info->step : -1;
+    for (auto& [step, path] : list_checkpoint_dirs(dir_)) {
+      if (step <= from) continue;
+      const std::string aside = aside_name(path);
+      std::error_code ec;
+      fs::rename(path, aside, ec);
+      if (ec) throw std::runtime_error(fmt::format("cannot move '{}' aside to '{}': {}", path, aside, ec.message()));
+      fmt::print(stderr, "note: moved {} (newer than the checkpoint resumed from) to {}\n", path, aside);
+    }
+  }
+  chosen = broadcast_string(opt_.comm, opt_.world, chosen);
+  if (chosen.empty()) return 0;
+  CheckpointInfo info;
+  try {
+    info = verify_checkpoint(chosen);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format("rank {} cannot read the checkpoint rank 0 chose: {} (is run.dir on a file system that "
+                                         "every rank sees?)", opt_.rank, e.what()));
+  }
+  if (!is_main()) check_resume_config(recipe_, Config::parse(read_checkpoint_file(info, "config.toml"), chosen + "/config.toml"), chosen);
+  restore(info);
+  last_saved_ = info.step;
+  if (is_main()) trim_metrics(recipe_.run.dir + "/metrics.jsonl", info.step);
+  return info.step;
+}
+
+void CheckpointCoordinator::restore(const CheckpointInfo& c) {
+  const std::string state_path = c.path + "/state.json";
+  Json st = parse_json(read_checkpoint_file(c, "state.json"), state_path);
+  if (!st.get("format") || st.get("format")->str != kStateFormat || st.at("version", state_path).integer != kStateVersion)
+    throw std::runtime_error(fmt::format("{}: not a {} file of version {}", state_path, kStateFormat, kStateVersion));
+  const int64_t step = st.at("step", state_path).integer;
+  if (step != c.step) throw std::runtime_error(fmt::format("{}: step {} but the checkpoint is of step {}", state_path, step, c.step));
+  if (st.at("global_batch", state_path).integer != recipe_.train.batch)
+    throw std::runtime_error(fmt::format("{}: global batch {}, this run {}", state_path, st.at("global_batch", state_path).integer,
+                                         recipe_.train.batch));
+  const int64_t saved_world = st.at("world_size", state_path).integer;
+
+  auto& student = *state_.objective->student();
+  assign_named(network_state(student), read_checkpoint_tensors(c, "model.safetensors"), c.path + "/model.safetensors");
+  if (c.has("objective.safetensors")) state_.objective->load_state(read_checkpoint_tensors(c, "objective.safetensors").tensors);
+  else if (!state_.objective->state().empty())
+    throw std::runtime_error(fmt::format("{} has no objective.safetensors (target network) but this objective needs one", c.path));
+  const auto& rates = state_.emas->rates();
+  for (size_t i = 0; i < rates.size(); ++i) {
+    const std::string name = ema_file_name(rates[i]);
+    if (!c.has(name)) throw std::runtime_error(fmt::format("{} has no {} (sampling EMA {})", c.path, name, rates[i]));
+    assign_named(ema_state(student, state_.emas->mutable_weights(i)), read_checkpoint_tensors(c, name), c.path + "/" + name);
+  }
+  // The EMA files repeat the student's buffers; loading them above wrote the same values back.
+  assign_named(network_state(student), read_checkpoint_tensors(c, "model.safetensors"), c.path + "/model.safetensors");
+  state_.optimizer->load_state(read_checkpoint_tensors(c, "optimizer.safetensors").tensors);
+  const Json& cur = st.at("data_cursor", state_path);
+  DataCursor dc;
+  dc.epoch = cur.at("epoch", state_path).integer;
+  dc.batch_in_epoch = cur.at("batch_in_epoch", state_path).integer;
+  dc.batches_total = cur.at("batches_total", state_path).integer;
+  state_.data->restore(dc);
+
+  if (is_main() && !opt_.quiet) {
+    fmt::print("resuming from {} (step {}, {} images seen)\n", c.path, step, st.at("images_seen", state_path).integer);
+    if (saved_world != opt_.world)
+      fmt::print("note: the checkpoint was written by {} rank(s), this run has {}; the global batch ({}) is unchanged, so the data "
+                 "stream, noise and curriculum continue exactly, while per-rank dropout is re-derived from (seed, step, rank): the "
+                 "continuation equals a {}-rank run, not bitwise the {}-rank one\n",
+                 saved_world, opt_.world, recipe_.train.batch, opt_.world, saved_world);
+    std::fflush(stdout);
+  }
+}
+
+}  // namespace cm
