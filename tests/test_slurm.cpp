@@ -90,3 +90,51 @@ TEST_F(SlurmCluster, JobWithoutRunDirectoryIsRefused) {
   const std::string log = slurp(dir_ + "/norundir.out");
   EXPECT_NE(log.find("give run.dir=DIR"), std::string::npos) << out << log;
 }
+
+// Preemption: SIGUSR1 to the job's tasks (what --signal=USR1@T sends before the time limit) makes every rank
+// stop after the same step with a committed checkpoint and exit 75; job.sh requeues the job, which resumes
+// from that checkpoint in the same run directory and finishes.
+TEST_F(SlurmCluster, PreemptedJobCheckpointsIsRequeuedAndFinishes) {
+  const std::string run = dir_ + "/run_preempt";
+  std::string out;
+  // checkpoint.every larger than the run: the only checkpoints are the preemption's and the final one.
+  ASSERT_EQ(slurm(fmt::format("sbatch --parsable {} launch/slurm/cm_1node.sbatch train toy_ct train.steps=600 "
+                              "train.log_every=10 sample.count=200 sample.eval_count=500 checkpoint.every=100000 run.dir={}",
+                              cpu_job("preempt"), run),
+                  &out),
+            0)
+      << out;
+  const std::string job = out.substr(0, out.find_first_of(";\n"));
+  // Wait until training is under way (metrics of step 40 written), then signal every task of the job.
+  bool training = false;
+  for (int i = 0; i < 600 && !training; ++i) {
+    training = slurp(run + "/metrics.jsonl").find("\"step\": 40") != std::string::npos ||
+               slurp(run + "/metrics.jsonl").find("\"step\":40") != std::string::npos;
+    if (!training) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_TRUE(training) << "the job did not start training:\n" << slurp(dir_ + "/preempt.out");
+  ASSERT_EQ(slurm("scancel --signal=USR1 " + job, &out), 0) << out;
+  // The requeued job runs to the end.
+  bool done = false;
+  for (int i = 0; i < 1500 && !done; ++i) {
+    done = fs::exists(run + "/final.json");
+    if (!done) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  // Let the batch script finish writing its last lines.
+  for (int i = 0; i < 100 && slurp(dir_ + "/preempt.out").find("cm exited with") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const std::string log = slurp(dir_ + "/preempt.out");
+  ASSERT_TRUE(done) << log;
+  EXPECT_NE(log.find("exiting with code 75"), std::string::npos) << log;
+  EXPECT_NE(log.find("requeueing job " + job), std::string::npos) << log;
+  EXPECT_NE(log.find("(restart 1)"), std::string::npos) << log;
+  // The second run resumed from the preemption checkpoint, not from scratch.
+  const auto stop = log.find("stopping after step ");
+  ASSERT_NE(stop, std::string::npos) << log;
+  const int64_t k = std::stoll(log.substr(stop + 20));
+  EXPECT_GE(k, 40);
+  EXPECT_LT(k, 600);
+  EXPECT_NE(log.find(fmt::format("(step {},", k)), std::string::npos) << "no 'resuming from ... (step " << k << "' in:\n" << log;
+  EXPECT_NE(log.find("step     600/600"), std::string::npos) << log;
+  EXPECT_TRUE(fs::exists(run + "/checkpoints/step_00000600")) << log;
+}
