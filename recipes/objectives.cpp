@@ -23,8 +23,6 @@ void load_network_weights(torch::nn::Module& net, const std::string& path) { loa
 
 namespace {
 
-std::vector<torch::Tensor> params_of(const NetworkPtr& n) { return n->parameters(); }
-
 // Draws made for the whole global batch from (seed, step, stream), on the training device; rows sliced.
 torch::Tensor global_randn(const StepInfo& s, uint64_t stream, torch::IntArrayRef per_sample_shape) {
   seed_default_generator(s.device, derive_seed(s.seed, stream, static_cast<uint64_t>(s.step)));
