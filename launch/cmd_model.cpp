@@ -38,14 +38,6 @@ convert  Write the tensors of a torch.save file (zip format) as safetensors; --s
          under KEY (e.g. "model") with the prefix removed.)";
 
 std::string gb(double bytes) { return fmt::format("{:.2f} GB", bytes / 1e9); }
-std::string with_commas(int64_t v) {
-  std::string s = std::to_string(v), o;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (i && (s.size() - i) % 3 == 0 && s[i - 1] != '-') o += ',';
-    o += s[i];
-  }
-  return o;
-}
 
 int run_summary(const Args& args, const std::vector<std::string>& plain) {
   if (plain.size() != 1) throw std::invalid_argument("expected: cm model summary RECIPE [OVERRIDES...] (see --help)");

@@ -33,14 +33,6 @@ problem listed) on settings that cannot work:
 Defaults for the world come from SLURM's environment inside a job (SLURM_JOB_NUM_NODES, SLURM_NTASKS_PER_NODE),
 else one node with the GPUs this LibTorch sees, else one CPU rank.)";
 
-std::string with_commas(int64_t v) {
-  std::string s = std::to_string(v), o;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (i && (s.size() - i) % 3 == 0 && s[i - 1] != '-') o += ',';
-    o += s[i];
-  }
-  return o;
-}
 std::string gb(double bytes) { return fmt::format("{:.1f} GB", bytes / 1e9); }
 std::string duration(double s) {
   if (s < 120) return fmt::format("{:.0f} s", s);

@@ -187,6 +187,15 @@ ModelStats measure_model(const Config& cfg) {
   return s;
 }
 
+std::string with_commas(int64_t v) {
+  std::string s = std::to_string(v), o;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i && (s.size() - i) % 3 == 0 && s[i - 1] != '-') o += ',';
+    o += s[i];
+  }
+  return o;
+}
+
 MemoryEstimate estimate_memory(const ModelStats& s, int64_t batch_per_gpu, int64_t weight_copies, bool fp16) {
   MemoryEstimate m;
   const double w = 4.0 * static_cast<double>(s.parameters);

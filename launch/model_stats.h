@@ -40,4 +40,7 @@ struct MemoryEstimate {
 };
 MemoryEstimate estimate_memory(const ModelStats& s, int64_t batch_per_gpu, int64_t weight_copies, bool fp16);
 
+// 56395523 -> "56,395,523" (parameter counts in cm model / cm plan output).
+std::string with_commas(int64_t v);
+
 }  // namespace cm::cli

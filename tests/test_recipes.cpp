@@ -59,16 +59,6 @@ const std::vector<Published>& table() {
   return t;
 }
 
-const char* metric_name(Metric m) {
-  switch (m) {
-    case Metric::L2: return "l2";
-    case Metric::L1: return "l1";
-    case Metric::PseudoHuber: return "pseudo_huber";
-    case Metric::Lpips: return "lpips";
-  }
-  return "?";
-}
-
 }  // namespace
 
 TEST(Recipes, EveryPublishedRunHasARecipeWithThePublishedNumbers) {
@@ -86,7 +76,7 @@ TEST(Recipes, EveryPublishedRunHasARecipeWithThePublishedNumbers) {
     EXPECT_EQ(r.train.ema_rates, p.emas);
     EXPECT_EQ(r.train.optimizer.name, std::string(p.recipe) == "cifar10_edm" ? "adam" : "radam");
     if (std::string(p.method) == "edm") continue;
-    EXPECT_STREQ(metric_name(r.method.metric), p.metric);
+    EXPECT_EQ(to_string(r.method.metric), p.metric);
     EXPECT_DOUBLE_EQ(r.method.range.sigma_min, 0.002);
     EXPECT_DOUBLE_EQ(r.method.range.sigma_max, 80.0);
     if (std::string(p.method) == "cd") {
