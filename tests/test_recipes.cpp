@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include "core/config.h"
 #include "recipes/recipe.h"
 #include "support/paths.h"
@@ -128,6 +129,33 @@ TEST(Recipes, PaperRecipesPlanOnTheirPublishedWorld) {
     EXPECT_EQ(cm::test::run_command(cmd, &out), 0) << cmd << "\n" << out;
     EXPECT_NE(out.find(fmt::format("per rank {}", p.batch / (p.nodes * p.gpus))), std::string::npos) << out;
   }
+}
+
+// The CPU recipes and toys (the paper runs are planned on their published worlds above) plan on 2 CPU
+// ranks, the world of the README main job, once their dataset and teacher files exist.
+TEST(Recipes, CpuRecipesPlanOnTwoCpuRanks) {
+  const std::string dir = cm::test::make_temp_dir("plan_cpu");
+  std::set<std::string> paper;
+  for (const auto& p : table()) paper.insert(p.recipe);
+  int planned = 0;
+  for (const auto& name : list_recipes()) {
+    if (paper.count(name)) continue;
+    const Recipe r = Recipe::load(name, {});
+    if (r.dataset_kind == "hdf5") {
+      fs::create_directories(fs::path(dir) / r.data_path);
+      std::ofstream(fs::path(dir) / r.data_path / "manifest.json") << "{}";
+    }
+    if (r.method.name == "cd" && !r.method.teacher.empty()) {
+      fs::create_directories((fs::path(dir) / r.method.teacher).parent_path());
+      std::ofstream(fs::path(dir) / r.method.teacher) << "x";
+    }
+    std::string out;
+    const std::string cmd = fmt::format("cd {} && {} plan {} --quiet --cpu-ranks 2 2>&1", dir, cm::test::cm_binary(), name);
+    EXPECT_EQ(cm::test::run_command(cmd, &out), 0) << cmd << "\n" << out;
+    EXPECT_NE(out.find("nothing stops this run from starting"), std::string::npos) << name << ":\n" << out;
+    ++planned;
+  }
+  EXPECT_GE(planned, 9);  // toy_{cd,ct,edm,ict}, fmnist_{cd,ct,edm,ict}, fmnist_ict_mlp
 }
 
 TEST(Recipes, PlanNamesWhatIsMissingAndWhatCannotWork) {

@@ -1,5 +1,5 @@
 // A small residual MLP with a sinusoidal noise embedding, for the 2-D toy distributions (and, flattened,
-// for tiny images up to 16x16 in tests of the image data path).
+// for small images up to 32x32: tests of the image data path and the Fashion-MNIST CPU main job).
 #pragma once
 #include "core/network.h"
 #include <torch/torch.h>
