@@ -229,3 +229,24 @@ TEST(Sampling, NpzReadsBackInNumpy) {
   EXPECT_NE(data::npy_header(torch::kInt64, {7}).find("'shape': (7,), }"), std::string::npos);
   std::filesystem::remove_all(dir);
 }
+
+// --weights RUN_DIR --ema RATE samples the EMA of the run's newest checkpoint: the same points as the
+// ema_<rate>.safetensors the run wrote at its end (2-D toy: arr_0 float32 [N, 2]).
+TEST(Sampling, FromACheckpointEma) {
+  const std::string dir = test::make_temp_dir("sampling_ckpt");
+  std::string out;
+  ASSERT_EQ(test::run_command(fmt::format("{} train toy_ct train.steps=6 train.batch=64 checkpoint.every=6 train.log_every=3 "
+                                          "sample.eval_count=100 train.threads=1 run.dir={}/run --quiet", test::cm_binary(), dir), &out), 0) << out;
+  const std::string common = fmt::format("{} sample toy_ct --count 20 --ts 0,5 --grid 18 --quiet", test::cm_binary());
+  ASSERT_EQ(test::run_command(fmt::format("{} --weights {}/run --ema 0.995 --out {}/a", common, dir, dir), &out), 0) << out;
+  ASSERT_EQ(test::run_command(fmt::format("{} --weights {}/run/ema_0.995.safetensors --out {}/b", common, dir, dir), &out), 0) << out;
+  auto a = read_npz_array(dir + "/a/samples_20x2.npz", "arr_0"), b = read_npz_array(dir + "/b/samples_20x2.npz", "arr_0");
+  EXPECT_EQ(a.header.descr, "<f4");
+  EXPECT_TRUE(a.bytes == b.bytes);
+  // A rate the checkpoint does not have, and a directory without --ema, are refused with what to do.
+  EXPECT_NE(test::run_command(fmt::format("{} --weights {}/run --ema 0.5 --out {}/c", common, dir, dir), &out), 0);
+  EXPECT_NE(out.find("has no sampling EMA 0.5"), std::string::npos) << out;
+  EXPECT_NE(test::run_command(fmt::format("{} --weights {}/run --out {}/c", common, dir, dir), &out), 0);
+  EXPECT_NE(out.find("add --ema RATE"), std::string::npos) << out;
+  std::filesystem::remove_all(dir);
+}
