@@ -107,7 +107,13 @@ SamplingOptions sampling_options(const Args& args, const Recipe& r) {
   else if (labels == "balanced") o.labels = LabelMode::Balanced;
   else {
     o.labels = LabelMode::Fixed;
-    o.fixed_class = args.int_or("labels", 0);  // throws naming --labels when not an integer
+    size_t pos = 0;
+    try {
+      o.fixed_class = std::stoll(labels, &pos);
+    } catch (...) {
+      pos = std::string::npos;
+    }
+    if (pos != labels.size()) throw std::invalid_argument(fmt::format("--labels expects random, balanced or a class number, got '{}'", labels));
   }
   return o;
 }

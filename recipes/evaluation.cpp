@@ -37,7 +37,7 @@ std::string FeatureNetwork::locate(const std::string& option) {
       "cm eval needs inception-2015-12-05.pt: the TorchScript translation of TensorFlow's inception-2015-12-05 graph "
       "that StyleGAN2-ADA (PyTorch) publishes with its metrics (pretrained/metrics/inception-2015-12-05.pt; clean-fid "
       "uses the same file, EDM and StyleGAN3 the same network as a pickle, which cm cannot read). Download it once "
-      "(about 95 MB) and point cm at it with --inception FILE or CM_INCEPTION=FILE, or put it at "
+      "and point cm at it with --inception FILE or CM_INCEPTION=FILE, or put it at "
       "~/.cache/cm/inception-2015-12-05.pt.",
       path, from));
 }
