@@ -14,7 +14,9 @@ std::vector<double> ts_to_sigmas(const std::vector<int64_t>& ts, int64_t n, cons
   std::vector<double> out;
   for (auto i : ts) {
     if (i < 0 || i >= n) throw std::invalid_argument(fmt::format("ts index {} is outside the {}-point grid [0, {}]", i, n, n - 1));
-    double t = std::pow(a + static_cast<double>(i) / (n - 1) * (b - a), r.rho);
+    // The ends exactly: pow(pow(eps, 1/rho), rho) may round above eps, and then a multistep chain ending
+    // at index N-1 would add sqrt(sigma^2 - eps^2) ~ 1e-11 of noise instead of none.
+    double t = i == 0 ? r.sigma_max : i == n - 1 ? r.sigma_min : std::pow(a + static_cast<double>(i) / (n - 1) * (b - a), r.rho);
     out.push_back(std::clamp(t, r.sigma_min, r.sigma_max));
   }
   return out;

@@ -1,68 +1,189 @@
-// `cm sample`: one-step or multistep samples from a trained model's weights.
+// `cm sample`: N samples of a trained model (one step, multistep, or EDM Heun), sharded over the ranks of
+// an mpirun/srun job, written by rank 0 as the reference evaluator's .npz plus a picture of the first 64.
+#include <cmath>
 #include <filesystem>
 #include <fmt/format.h>
 #include <torch/torch.h>
-#include "core/image.h"
-#include "core/safetensors.h"
-#include "core/sampler.h"
+#include "core/image.h"                // samples.png
+#include "core/sampler.h"              // ts_to_sigmas
+#include "core/weights.h"              // load_weights (checkpoint EMAs)
+#include "distributed/communicator.h"  // Communicator::create
+#include "distributed/guard.h"         // run_guarded: a failing rank aborts the job
+#include "distributed/world.h"         // World::init under mpirun/srun
 #include "launch/command.h"
-#include "recipes/objectives.h"
+#include "recipes/checkpoint.h"        // find_checkpoint, read_checkpoint_tensors, ema_file_name
+#include "recipes/objectives.h"        // load_network_weights
 #include "recipes/recipe.h"
-#include "recipes/trainer.h"
+#include "recipes/sampling.h"
 
 namespace cm::cli {
 namespace {
 
-const char* kHelp = R"(Usage: cm sample RECIPE --weights FILE [OVERRIDES...] [--count N] [--ts 0,8] [--grid N]
-                 [--seed S] [--out DIR]
+const char* kHelp = R"(Usage: cm sample RECIPE --weights FILE|DIR [OVERRIDES...] [--count N] [--batch B] [--ts 0,22,39]
+                 [--grid N | --sigmas 80,0.8] [--seed S] [--labels random|balanced|K] [--ema RATE]
+                 [--out DIR] [--quiet]
 
-Sample from a model trained with RECIPE using the weights in FILE (model.safetensors or an
-ema_<rate>.safetensors of a run directory). Consistency models: --ts gives the indices of the noise
-levels into a --grid-point Karras grid counted from sigma_max (default: the recipe's sample.ts; 0 alone =
-one step). EDM models: Heun with sample.edm_steps. Writes DIR/samples.png and DIR/samples.safetensors
-(float samples, and uint8 NHWC images for image data).)";
+Draws N samples from a model trained with RECIPE and writes, on rank 0,
+  DIR/samples_<N>x<H>x<W>x<C>.npz   'arr_0' uint8 NHWC images, 'arr_1' int64 labels (class-conditional
+                                    models only): the layout of the reference code's image_sample.py that
+                                    its evaluator and `cm eval` read (2-D toys: float32 [N, 2] points)
+  DIR/samples.png                   a grid of the first (up to) 64 samples
+Weights: a .safetensors or PyTorch .pt state dict (model.safetensors, ema_<rate>.safetensors, a released
+checkpoint), or a checkpoint / run directory with --ema RATE (its newest committed checkpoint).
+Consistency models: --ts gives indices of noise levels into a --grid-point Karras grid counted from
+sigma_max (default: the recipe's sample.ts and sample.grid; 0 alone = one step; e.g. CD ImageNet-64
+--ts 0,22,39 --grid 40), or --sigmas lists them (the first must be sigma_max). Multistep is the paper's
+Algorithm 1: x = f(x + sqrt(sigma^2 - eps^2) z, sigma) for each later sigma. EDM models: Heun with
+sample.edm_steps.
+Reproducibility: sample i's noise (initial and at every step) comes from (seed, i, step) and its random
+label from (seed, i), so the samples do not depend on --batch or on the number of ranks.
+Under mpirun/srun rank r of W draws the contiguous indices [r N / W, (r+1) N / W); each round of --batch
+is gathered to rank 0, which holds the whole set (50,000 x 64x64x3 = 614 MB) and writes it.
+Options:
+  --count N      samples in total (default: the recipe's sample.count)
+  --batch B      samples per network forward on each rank (default 64)
+  --seed S       noise seed (default 0)
+  --labels L     class-conditional models: random (default), balanced (index % classes), or a class K
+  --quiet        no progress line)";
 
-int run(const std::vector<std::string>& argv) {
-  if (wants_help(argv, kHelp)) return 0;
-  Args args(argv, {});
-  args.check_known({"weights", "count", "ts", "grid", "seed", "out"});
-  auto plain = args.plain();
-  if (plain.size() != 1) throw std::invalid_argument("expected exactly one RECIPE (see `cm sample --help`)");
-  auto weights = args.opt("weights");
-  if (!weights) throw std::invalid_argument("--weights FILE is required (a model.safetensors or ema_<rate>.safetensors)");
-  Recipe r = Recipe::load(plain[0], args.overrides());
-  r.sample.ts = args.int_list_or("ts", r.sample.ts);
-  r.sample.grid = args.int_or("grid", r.sample.grid);
-  const int64_t count = args.int_or("count", r.sample.count);
-  const uint64_t seed = static_cast<uint64_t>(args.int_or("seed", 0));
-  const std::string out = args.opt_or("out", ".");
-  auto data = build_data(r, 0, 1);
-  const ModelShape shape = data->shape();
-  auto net = build_network(r, shape);
-  load_network_weights(*net, *weights);
-  const torch::Device dev = torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
-  net->to(dev);
-  auto p = preconditioning(r);
-  auto sigmas = recipe_sample_sigmas(r);
-  fmt::print("sampling {} with {} ({}): sigmas [{}]\n", count, *weights, p.kind == Preconditioning::Edm ? "EDM Heun" : "consistency",
-             fmt::join(sigmas, ", "));
-  auto x = sample_model(r, *net, p, count, sigmas, seed, dev, shape).cpu();
-  std::filesystem::create_directories(out);
-  NamedTensors t = {{"samples", x}};
-  torch::Tensor img;
-  if (shape.resolution > 0) {
-    t.emplace_back("images_nhwc_uint8", to_uint8(x).permute({0, 2, 3, 1}).contiguous());
-    img = image_grid(x, static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(count)))));
-  } else {
-    img = scatter_plot(torch::zeros({0, 2}), x);
+std::vector<double> parse_doubles(const std::string& s, const std::string& what) {
+  std::vector<double> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t comma = s.find(',', start);
+    const std::string item = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    size_t pos = 0;
+    double v = 0;
+    try {
+      v = std::stod(item, &pos);
+    } catch (...) {
+      pos = std::string::npos;
+    }
+    if (item.empty() || pos != item.size()) throw std::invalid_argument(fmt::format("{} expects numbers separated by commas, got '{}'", what, s));
+    out.push_back(v);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
   }
-  save_safetensors(out + "/samples.safetensors", t);
-  write_png(out + "/samples.png", img);
-  fmt::print("wrote {}/samples.png and {}/samples.safetensors\n", out, out);
+  return out;
+}
+
+void load_weights_arg(NetworkImpl& net, const std::string& path, const std::optional<std::string>& ema) {
+  if (!std::filesystem::is_directory(path)) {
+    if (ema) throw std::invalid_argument("--ema RATE selects an EMA of a checkpoint or run directory; --weights is a file");
+    load_network_weights(net, path);
+    return;
+  }
+  if (!ema) throw std::invalid_argument(fmt::format("--weights {} is a directory: add --ema RATE to pick a sampling EMA of its newest checkpoint", path));
+  std::vector<std::string> skipped;
+  CheckpointInfo c = find_checkpoint(path, &skipped);
+  for (auto& s : skipped) fmt::print(stderr, "warning: skipping a checkpoint that does not verify: {}\n", s);
+  const double rate = parse_doubles(*ema, "--ema").at(0);
+  const std::string file = ema_file_name(rate);
+  if (!c.has(file)) throw std::invalid_argument(fmt::format("{} has no sampling EMA {} ({})", c.path, *ema, file));
+  load_weights(net, read_checkpoint_tensors(c, file).tensors, c.path + "/" + file);
+}
+
+SamplingOptions sampling_options(const Args& args, const Recipe& r) {
+  SamplingOptions o;
+  if (auto s = args.opt("sigmas")) {
+    if (args.opt("ts")) throw std::invalid_argument("give either --ts (grid indices) or --sigmas, not both");
+    o.sigmas = parse_doubles(*s, "--sigmas");
+    if (std::abs(o.sigmas[0] - r.method.range.sigma_max) > 1e-9 * r.method.range.sigma_max)
+      throw std::invalid_argument(fmt::format("--sigmas must start at sigma_max = {} (one-step sampling starts there), got {}",
+                                              r.method.range.sigma_max, o.sigmas[0]));
+    for (double v : o.sigmas)
+      if (v < r.method.range.sigma_min || v > r.method.range.sigma_max)
+        throw std::invalid_argument(fmt::format("--sigmas: {} is outside [sigma_min, sigma_max] = [{}, {}]", v,
+                                                r.method.range.sigma_min, r.method.range.sigma_max));
+  } else {
+    o.sigmas = ts_to_sigmas(args.int_list_or("ts", r.sample.ts), args.int_or("grid", r.sample.grid), r.method.range);
+  }
+  o.edm_steps = r.sample.edm_steps;
+  o.count = args.int_or("count", r.sample.count);
+  o.batch = args.int_or("batch", 64);
+  o.seed = static_cast<uint64_t>(args.int_or("seed", 0));
+  const std::string labels = args.opt_or("labels", "random");
+  if (labels == "random") o.labels = LabelMode::Random;
+  else if (labels == "balanced") o.labels = LabelMode::Balanced;
+  else {
+    o.labels = LabelMode::Fixed;
+    size_t pos = 0;
+    try {
+      o.fixed_class = std::stoll(labels, &pos);
+    } catch (...) {
+      pos = std::string::npos;
+    }
+    if (pos != labels.size()) throw std::invalid_argument(fmt::format("--labels expects random, balanced or a class number, got '{}'", labels));
+  }
+  return o;
+}
+
+void write_picture(const std::string& path, const SampleSet& s, int64_t resolution) {
+  const int64_t n = std::min<int64_t>(64, s.size());
+  torch::Tensor img;
+  if (resolution > 0) {
+    auto x = s.samples.narrow(0, 0, n).permute({0, 3, 1, 2}).to(torch::kFloat32) / 127.5 - 1;
+    img = image_grid(x, static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(n)))));
+  } else {
+    img = scatter_plot(torch::zeros({0, 2}), s.samples);
+  }
+  write_png(path, img);
+}
+
+int sample(const Args& args, Recipe r, int rank, std::shared_ptr<dist::Communicator> comm, torch::Device dev) {
+  const SamplingOptions opts = sampling_options(args, r);
+  const ModelShape shape = recipe_model_shape(r);
+  auto net = build_network(r, shape);
+  load_weights_arg(*net, *args.opt("weights"), args.opt("ema"));
+  net->to(dev);
+  const Preconditioning p = preconditioning(r);
+  const bool quiet = args.flag("quiet");
+  const int world = comm ? comm->size() : 1;
+  if (rank == 0 && !quiet)
+    fmt::print("sampling {} ({}) on {} rank{}, batch {} per rank, seed {}: {}\n", opts.count,
+               shape.resolution > 0 ? fmt::format("{}x{}x{}", shape.resolution, shape.resolution, shape.channels) : fmt::format("{}-D", shape.channels),
+               world, world == 1 ? "" : "s", opts.batch, opts.seed,
+               p.kind == Preconditioning::Edm ? fmt::format("EDM Heun, {} steps", opts.edm_steps)
+                                              : fmt::format("sigmas [{}]", fmt::join(opts.sigmas, ", ")));
+  std::fflush(stdout);
+  Sampler sampler(net, p, shape, opts, dev);
+  SampleSet all = sample_all(sampler, comm.get(), !quiet);
+  if (rank != 0) return 0;
+  const std::string out = args.opt_or("out", ".");
+  const std::string npz = write_sample_npz(out, all);
+  write_picture((std::filesystem::path(out) / "samples.png").string(), all, shape.resolution);
+  fmt::print("wrote {} ({} samples{}) and {}/samples.png\n", npz, all.size(), all.labels.defined() ? ", labels in arr_1" : "", out);
   return 0;
 }
 
-CommandRegistration reg({"sample", "sample from trained weights (one step or multistep)", kHelp, run});
+int run(const std::vector<std::string>& argv) {
+  if (wants_help(argv, kHelp)) return 0;
+  Args args(argv, {"quiet"});
+  args.check_known({"weights", "ema", "count", "batch", "ts", "grid", "sigmas", "seed", "labels", "out", "quiet"});
+  auto plain = args.plain();
+  if (plain.size() != 1) throw std::invalid_argument("expected exactly one RECIPE (see `cm sample --help`)");
+  if (!args.opt("weights")) throw std::invalid_argument("--weights FILE|DIR is required (a model.safetensors, ema_<rate>.safetensors, .pt, or a run directory with --ema RATE)");
+  Recipe r = Recipe::load(plain[0], args.overrides());
+  if (!dist::launched_by_mpi()) {
+    const torch::Device dev = torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+    return sample(args, std::move(r), 0, nullptr, dev);
+  }
+  return dist::run_guarded([&] {
+    dist::WorldOptions wo;
+    wo.device = r.train.device;
+    wo.timeout_s = r.train.watchdog_s;
+    const dist::World& w = dist::World::init(wo);
+    int rc = 0;
+    {
+      auto comm = dist::Communicator::create(w, w.device);
+      rc = sample(args, std::move(r), w.rank, comm, w.device);
+    }  // the communicator goes before MPI does
+    dist::World::finalize();
+    return rc;
+  });
+}
+
+CommandRegistration reg({"sample", "draw N samples (sharded over ranks) into the evaluator's .npz", kHelp, run});
 
 }  // namespace
 }  // namespace cm::cli

@@ -19,6 +19,7 @@
 #include "distributed/reducer.h"       // bucketed, overlapped gradient averaging
 #include "distributed/timeline.h"      // optional Chrome trace of the phases of a step
 #include "recipes/checkpoint.h"       // checkpoints, resume, preemption
+#include "recipes/sampling.h"         // per-sample noise and labels of the sample pictures
 
 #ifndef CM_SOURCE_REVISION
 #define CM_SOURCE_REVISION "unknown"
@@ -46,16 +47,24 @@ torch::Tensor sample_model(const Recipe& r, NetworkImpl& net, const Precondition
                            const std::vector<double>& sigmas, uint64_t noise_seed, torch::Device device,
                            const ModelShape& shape) {
   torch::NoGradGuard ng;
-  std::vector<int64_t> dims = {count, shape.channels};
+  std::vector<int64_t> dims = {shape.channels};
   if (shape.resolution > 0) dims.insert(dims.end(), {shape.resolution, shape.resolution});
-  auto noise = [&](int64_t i) {
-    auto gen = cpu_generator(derive_seed(noise_seed, 11, static_cast<uint64_t>(i)));
-    return torch::randn(dims, gen, torch::kFloat32).to(device);
+  // Per-sample noise and labels as `cm sample` draws them (recipes/sampling.h): sample i's noise depends on
+  // (noise_seed, i, step) only, not on `count` (a whole-batch draw would change every sample with count).
+  auto noise = [&](int64_t step) {
+    std::vector<torch::Tensor> rows;
+    rows.reserve(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) rows.push_back(sample_noise(noise_seed, i, step, dims));
+    return torch::stack(rows).to(device);
   };
   torch::Tensor labels;
   if (shape.num_classes > 0) {
-    auto gen = cpu_generator(derive_seed(noise_seed, 12));
-    labels = torch::randint(shape.num_classes, {count}, gen, torch::kInt64).to(device);
+    SamplingOptions so;
+    so.seed = noise_seed;
+    labels = torch::empty({count}, torch::kInt64);
+    auto* l = labels.data_ptr<int64_t>();
+    for (int64_t i = 0; i < count; ++i) l[i] = sample_label(so, i, shape.num_classes);
+    labels = labels.to(device);
   }
   const bool was_training = net.is_training();
   net.eval();

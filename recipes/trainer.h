@@ -86,7 +86,8 @@ class Trainer {
 };
 
 // Samples of a trained model (the objective's student, or weights swapped in): one-step, two-step
-// (sample.ts) for consistency models, EDM Heun for EDM. noise_seed fixes z.
+// (sample.ts) for consistency models, EDM Heun for EDM. Sample i's noise and label come from (noise_seed, i)
+// as in `cm sample` (recipes/sampling.h), so they do not depend on count.
 torch::Tensor sample_model(const Recipe& r, NetworkImpl& net, const Preconditioning& p, int64_t count,
                            const std::vector<double>& sigmas, uint64_t noise_seed, torch::Device device,
                            const ModelShape& shape);

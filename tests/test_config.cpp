@@ -6,6 +6,7 @@
 #include <fstream>
 #include "core/config.h"
 #include "core/safetensors.h"
+#include "datasets/archive.h"  // the .npz cm sample writes
 #include "recipes/recipe.h"
 #include "support/paths.h"
 
@@ -147,8 +148,13 @@ TEST(Cli, TrainThenSample) {
                               &out),
             0)
       << out;
-  auto f = load_safetensors(dir + "/s/samples.safetensors");
-  EXPECT_EQ(f.find("samples")->sizes(), (torch::IntArrayRef{50, 2}));
+  // 2-D toys: arr_0 holds the float32 points (image models: uint8 NHWC, tests/test_sampling.cpp).
+  data::ZipArchive npz(dir + "/s/samples_50x2.npz");
+  ASSERT_NE(npz.find("arr_0.npy"), nullptr);
+  auto arr = npz.open(*npz.find("arr_0.npy"));
+  auto h = data::read_npy_header(*arr);
+  EXPECT_EQ(h.descr, "<f4");
+  EXPECT_EQ(h.shape, (std::vector<int64_t>{50, 2}));
   EXPECT_TRUE(std::filesystem::exists(dir + "/s/samples.png"));
   // Wrong weights are named precisely.
   EXPECT_NE(test::run_command(test::cm_binary() + " sample toy_cd model.width=64 --weights " + dir + "/run/model.safetensors --out " + dir + "/t", &out), 0);

@@ -1,0 +1,84 @@
+// Evaluation of image sets (`cm eval`): features from a user-supplied TorchScript Inception, then FID
+// (core/fid.h), Inception Score and precision / recall (core/image_metrics.h).
+//
+// The feature network is the TorchScript translation of TensorFlow's inception-2015-12-05 graph that
+// StyleGAN2-ADA (PyTorch) published as metrics/inception-2015-12-05.pt and that EDM, StyleGAN3 and many
+// later papers compute FID with. Its calling convention, as those metrics use it:
+//   features = net(images, return_features=True)   # [N, 2048] pool_3 features (FID, precision/recall)
+//   probs    = net(images, no_output_bias=True)     # [N, 1008] softmax without the output bias (IS, as
+//                                                   #  the original improved-gan implementation)
+// images: [N, 3, H, W] with values 0..255 (uint8), any H, W: the module resizes to 299 x 299 itself.
+// Grey images are repeated to 3 channels first, as those metrics do.
+#pragma once
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <torch/types.h>
+#include "core/fid.h"
+
+namespace cm::data {
+class ImageSet;
+}
+
+namespace cm {
+
+class FeatureNetwork {
+ public:
+  // The file to load: `option` (--inception) if given, else $CM_INCEPTION, else
+  // ~/.cache/cm/inception-2015-12-05.pt. Throws saying where to get the file and how to point at it.
+  static std::string locate(const std::string& option);
+  FeatureNetwork(const std::string& path, torch::Device device);
+  ~FeatureNetwork();
+  // images: uint8 [N, H, W, C], C = 1 or 3. Results are float32 on the CPU.
+  torch::Tensor features(const torch::Tensor& nhwc);
+  torch::Tensor probabilities(const torch::Tensor& nhwc);
+  const std::string& path() const { return path_; }
+
+ private:
+  torch::Tensor call(const torch::Tensor& nhwc, const std::string& flag);
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::string path_;
+};
+
+struct EvalOptions {
+  int64_t batch = 100;     // images per network forward
+  int64_t max_images = 0;  // use only the first N images of a set (0 = all)
+  bool progress = true;    // progress line with ETA on stderr
+};
+
+// What one pass of a set through the network gives.
+struct SetFeatures {
+  FeatureStats stats;    // mean and covariance (float64), always
+  torch::Tensor features;  // [N, D] float32, when asked for (precision/recall, stored reference features)
+  torch::Tensor probs;     // [N, K] float32, when asked for (IS)
+  std::string description;
+};
+SetFeatures compute_set_features(FeatureNetwork& net, data::ImageSet& set, const EvalOptions& o, bool keep_features,
+                                 bool want_probs);
+
+// Reference for FID and precision/recall. REF is an .npz with mu and sigma (a VIRTUAL_*.npz reference batch, EDM's
+// dataset statistics, or `cm eval ref-stats` output), whose features for precision/recall come from its
+// 'features' array or else from its 'arr_0' images; or an image set (an .npz of images, a converted dataset
+// directory, a folder of images), whose statistics and features are computed. When `need_features` and REF has
+// neither, features stays undefined.
+struct ReferenceSet {
+  FeatureStats stats;
+  torch::Tensor features;
+  std::string description;
+};
+ReferenceSet load_reference(const std::string& ref, FeatureNetwork& net, const EvalOptions& o, bool need_features);
+
+// mu, sigma (float64) and, when `features` is defined, 'features' (float32 [N, D]) as an .npz, atomically.
+void write_reference_stats(const std::string& path, const FeatureStats& stats, const torch::Tensor& features);
+
+struct EvalResult {
+  static constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+  double fid = kNaN, is_mean = kNaN, is_std = kNaN, precision = kNaN, recall = kNaN;
+  int64_t count = 0;
+};
+// {"fid": .., "is_mean": .., "is_std": .., "precision": .., "recall": .., "count": N}; metrics not computed are null.
+std::string eval_json(const EvalResult& r);
+
+}  // namespace cm

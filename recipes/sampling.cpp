@@ -1,0 +1,201 @@
+// Sampling at scale (see sampling.h).
+#include "recipes/sampling.h"
+
+#include <fmt/format.h>
+#include <filesystem>
+#include <stdexcept>
+#include <torch/torch.h>
+#include "core/ode.h"                  // edm_heun_sample
+#include "core/rng.h"                  // derive_seed, cpu_generator
+#include "core/sampler.h"              // consistency_sample
+#include "datasets/npz.h"              // write_npz
+#include "datasets/progress.h"         // progress line with ETA
+#include "distributed/communicator.h"  // all_gather of each round
+#include "recipes/recipe.h"              // recipe_model_shape
+
+namespace cm {
+namespace {
+// Seed streams of sampling (distinct from the trainer's streams of core/rng.h's users).
+constexpr uint64_t kNoiseStream = 0x5a4d, kLabelStream = 0x5a4c;
+}  // namespace
+
+torch::Tensor sample_noise(uint64_t seed, int64_t index, int64_t step, const std::vector<int64_t>& dims) {
+  auto gen = cpu_generator(derive_seed(seed, kNoiseStream, static_cast<uint64_t>(index), static_cast<uint64_t>(step)));
+  return torch::randn(dims, gen, torch::kFloat32);
+}
+
+int64_t sample_label(const SamplingOptions& opts, int64_t index, int64_t num_classes) {
+  if (num_classes <= 0) return 0;
+  switch (opts.labels) {
+    case LabelMode::Balanced: return index % num_classes;
+    case LabelMode::Fixed: return opts.fixed_class;
+    case LabelMode::Random: break;
+  }
+  // A 64-bit hash modulo K: the bias is below K / 2^64.
+  return static_cast<int64_t>(derive_seed(opts.seed, kLabelStream, static_cast<uint64_t>(index)) % static_cast<uint64_t>(num_classes));
+}
+
+IndexRange shard_range(int64_t count, int64_t rank, int64_t world) {
+  if (world < 1 || rank < 0 || rank >= world) throw std::invalid_argument(fmt::format("shard_range: rank {} of {}", rank, world));
+  return {count * rank / world, count * (rank + 1) / world};
+}
+
+torch::Tensor to_uint8_reference(const torch::Tensor& nchw) {
+  return ((nchw.to(torch::kFloat32) + 1) * 127.5).clamp(0, 255).to(torch::kUInt8).permute({0, 2, 3, 1}).contiguous();
+}
+
+Sampler::Sampler(NetworkPtr net, Preconditioning p, ModelShape shape, SamplingOptions opts, torch::Device device)
+    : net_(std::move(net)), p_(p), shape_(shape), opts_(std::move(opts)), device_(device) {
+  if (opts_.count < 1) throw std::invalid_argument(fmt::format("the sample count must be >= 1, got {}", opts_.count));
+  if (opts_.batch < 1) throw std::invalid_argument(fmt::format("the batch must be >= 1, got {}", opts_.batch));
+  if (p_.kind != Preconditioning::Edm && opts_.sigmas.empty()) throw std::invalid_argument("no noise levels to sample with");
+  if (shape_.num_classes > 0 && opts_.labels == LabelMode::Fixed && (opts_.fixed_class < 0 || opts_.fixed_class >= shape_.num_classes))
+    throw std::invalid_argument(fmt::format("class {} is outside the model's classes 0..{}", opts_.fixed_class, shape_.num_classes - 1));
+  net_->eval();  // no dropout
+}
+
+std::vector<int64_t> Sampler::output_dims() const {
+  if (shape_.resolution > 0) return {shape_.resolution, shape_.resolution, shape_.channels};
+  return {shape_.channels};
+}
+
+SampleSet Sampler::sample_batch(int64_t begin, int64_t end) const {
+  torch::NoGradGuard ng;
+  std::vector<int64_t> dims = {shape_.channels};
+  if (shape_.resolution > 0) dims.insert(dims.end(), {shape_.resolution, shape_.resolution});
+  auto noise = [&](int64_t step) {
+    std::vector<torch::Tensor> rows;
+    rows.reserve(static_cast<size_t>(end - begin));
+    for (int64_t i = begin; i < end; ++i) rows.push_back(sample_noise(opts_.seed, i, step, dims));
+    return torch::stack(rows).to(device_);
+  };
+  SampleSet out;
+  torch::Tensor labels;
+  if (shape_.num_classes > 0) {
+    out.labels = torch::empty({end - begin}, torch::kInt64);
+    auto* l = out.labels.data_ptr<int64_t>();
+    for (int64_t i = begin; i < end; ++i) l[i - begin] = sample_label(opts_, i, shape_.num_classes);
+    labels = out.labels.to(device_);
+  }
+  NetworkImpl* raw = net_.get();
+  const Preconditioning p = p_;
+  torch::Tensor x;
+  if (p.kind == Preconditioning::Edm) {
+    DenoiserFn d = [raw, p](const torch::Tensor& x, const torch::Tensor& s, const torch::Tensor& l) { return precondition(*raw, p, x, s, l); };
+    x = edm_heun_sample(d, noise(0), opts_.edm_steps, p.range, labels);
+  } else {
+    ConsistencyFn f = [raw, p](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& l) { return precondition(*raw, p, x, t, l); };
+    x = consistency_sample(f, opts_.sigmas, noise, p.range, labels);
+  }
+  out.samples = shape_.resolution > 0 ? to_uint8_reference(x.cpu()) : x.cpu().to(torch::kFloat32).contiguous();
+  return out;
+}
+
+SampleSet Sampler::sample_range(IndexRange r) const {
+  std::vector<torch::Tensor> xs, ls;
+  for (int64_t b = r.begin; b < r.end; b += opts_.batch) {
+    SampleSet part = sample_batch(b, std::min(r.end, b + opts_.batch));
+    xs.push_back(part.samples);
+    if (part.labels.defined()) ls.push_back(part.labels);
+  }
+  SampleSet out;
+  if (!xs.empty()) out.samples = torch::cat(xs);
+  if (!ls.empty()) out.labels = torch::cat(ls);
+  return out;
+}
+
+namespace {
+
+// Rank r's indices of round j: the j-th piece of opts.batch of its shard (possibly empty).
+IndexRange round_range(int64_t count, int64_t rank, int64_t world, int64_t batch, int64_t j) {
+  const IndexRange s = shard_range(count, rank, world);
+  const int64_t b = std::min(s.begin + j * batch, s.end);
+  return {b, std::min(b + batch, s.end)};
+}
+
+torch::Tensor padded(const torch::Tensor& part, int64_t rows, const std::vector<int64_t>& dims, torch::ScalarType dtype) {
+  std::vector<int64_t> shape = {rows};
+  shape.insert(shape.end(), dims.begin(), dims.end());
+  torch::Tensor t = torch::zeros(shape, dtype);
+  if (part.defined() && part.size(0) > 0) t.narrow(0, 0, part.size(0)).copy_(part);
+  return t;
+}
+
+}  // namespace
+
+SampleSet sample_all(const Sampler& s, dist::Communicator* comm, bool progress) {
+  const SamplingOptions& o = s.options();
+  const int64_t world = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
+  data::Progress bar("samples", o.count, progress && rank == 0);
+  if (world == 1) {
+    std::vector<torch::Tensor> xs, ls;
+    for (int64_t b = 0; b < o.count; b += o.batch) {
+      SampleSet part = s.sample_range({b, std::min(o.count, b + o.batch)});
+      xs.push_back(part.samples);
+      if (part.labels.defined()) ls.push_back(part.labels);
+      bar.add(part.size());
+    }
+    bar.finish();
+    SampleSet out;
+    out.samples = torch::cat(xs);
+    if (!ls.empty()) out.labels = torch::cat(ls);
+    return out;
+  }
+  const std::vector<int64_t> dims = s.output_dims();
+  const torch::ScalarType dtype = s.shape().resolution > 0 ? torch::kUInt8 : torch::kFloat32;
+  const bool labelled = s.shape().num_classes > 0;
+  const int64_t per_rank = (o.count + world - 1) / world, rounds = (per_rank + o.batch - 1) / o.batch;
+  SampleSet out;
+  if (rank == 0) {
+    std::vector<int64_t> shape = {o.count};
+    shape.insert(shape.end(), dims.begin(), dims.end());
+    out.samples = torch::empty(shape, dtype);
+    if (labelled) out.labels = torch::empty({o.count}, torch::kInt64);
+  }
+  const torch::Device cd = comm->device();  // NCCL gathers CUDA tensors, MPI CPU ones
+  for (int64_t j = 0; j < rounds; ++j) {
+    const IndexRange mine = round_range(o.count, rank, world, o.batch, j);
+    SampleSet part = mine.size() > 0 ? s.sample_range(mine) : SampleSet{};
+    torch::Tensor xs = comm->all_gather(padded(part.samples, o.batch, dims, dtype).to(cd), "samples").cpu();
+    torch::Tensor ls;
+    if (labelled) ls = comm->all_gather(padded(part.labels, o.batch, {}, torch::kInt64).to(cd), "labels").cpu();
+    if (rank != 0) continue;
+    for (int64_t r = 0; r < world; ++r) {
+      const IndexRange rr = round_range(o.count, r, world, o.batch, j);
+      if (rr.size() == 0) continue;
+      out.samples.narrow(0, rr.begin, rr.size()).copy_(xs[r].narrow(0, 0, rr.size()));
+      if (labelled) out.labels.narrow(0, rr.begin, rr.size()).copy_(ls[r].narrow(0, 0, rr.size()));
+      bar.add(rr.size());
+    }
+  }
+  bar.finish();
+  return out;
+}
+
+ModelShape recipe_model_shape(const Recipe& r) {
+  if (r.dataset_kind == "hdf5") {
+    ConfigReader d(r.config, "dataset");
+    if (d.has("resolution") && d.has("channels")) {
+      ModelShape s;
+      s.resolution = d.get_int("resolution", 0);
+      s.channels = d.get_int("channels", 3);
+      s.num_classes = r.class_cond ? d.get_int("num_classes", 0) : 0;
+      if (!r.class_cond || d.has("num_classes")) return s;
+    }
+  }
+  return build_data(r, 0, 1)->shape();
+}
+
+std::string write_sample_npz(const std::string& dir, const SampleSet& s) {
+  if (!s.samples.defined()) throw std::invalid_argument("write_sample_npz: no samples");
+  std::filesystem::create_directories(dir);
+  std::string dims;
+  for (auto d : s.samples.sizes()) dims += (dims.empty() ? "" : "x") + std::to_string(d);
+  const std::string path = (std::filesystem::path(dir) / fmt::format("samples_{}.npz", dims)).string();
+  std::vector<std::pair<std::string, torch::Tensor>> arrays = {{"arr_0", s.samples}};
+  if (s.labels.defined()) arrays.emplace_back("arr_1", s.labels);
+  data::write_npz(path, arrays);
+  return path;
+}
+
+}  // namespace cm
