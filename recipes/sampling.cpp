@@ -59,35 +59,41 @@ std::vector<int64_t> Sampler::output_dims() const {
   return {shape_.channels};
 }
 
-SampleSet Sampler::sample_batch(int64_t begin, int64_t end) const {
+FloatSamples sample_floats(NetworkImpl& net, const Preconditioning& p, const ModelShape& shape, const SamplingOptions& opts,
+                           int64_t begin, int64_t end, torch::Device device) {
   torch::NoGradGuard ng;
-  std::vector<int64_t> dims = {shape_.channels};
-  if (shape_.resolution > 0) dims.insert(dims.end(), {shape_.resolution, shape_.resolution});
+  std::vector<int64_t> dims = {shape.channels};
+  if (shape.resolution > 0) dims.insert(dims.end(), {shape.resolution, shape.resolution});
   auto noise = [&](int64_t step) {
     std::vector<torch::Tensor> rows;
     rows.reserve(static_cast<size_t>(end - begin));
-    for (int64_t i = begin; i < end; ++i) rows.push_back(sample_noise(opts_.seed, i, step, dims));
-    return torch::stack(rows).to(device_);
+    for (int64_t i = begin; i < end; ++i) rows.push_back(sample_noise(opts.seed, i, step, dims));
+    return torch::stack(rows).to(device);
   };
-  SampleSet out;
+  FloatSamples out;
   torch::Tensor labels;
-  if (shape_.num_classes > 0) {
+  if (shape.num_classes > 0) {
     out.labels = torch::empty({end - begin}, torch::kInt64);
     auto* l = out.labels.data_ptr<int64_t>();
-    for (int64_t i = begin; i < end; ++i) l[i - begin] = sample_label(opts_, i, shape_.num_classes);
-    labels = out.labels.to(device_);
+    for (int64_t i = begin; i < end; ++i) l[i - begin] = sample_label(opts, i, shape.num_classes);
+    labels = out.labels.to(device);
   }
-  NetworkImpl* raw = net_.get();
-  const Preconditioning p = p_;
-  torch::Tensor x;
+  NetworkImpl* raw = &net;
   if (p.kind == Preconditioning::Edm) {
     DenoiserFn d = [raw, p](const torch::Tensor& x, const torch::Tensor& s, const torch::Tensor& l) { return precondition(*raw, p, x, s, l); };
-    x = edm_heun_sample(d, noise(0), opts_.edm_steps, p.range, labels);
+    out.x = edm_heun_sample(d, noise(0), opts.edm_steps, p.range, labels);
   } else {
     ConsistencyFn f = [raw, p](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& l) { return precondition(*raw, p, x, t, l); };
-    x = consistency_sample(f, opts_.sigmas, noise, p.range, labels);
+    out.x = consistency_sample(f, opts.sigmas, noise, p.range, labels);
   }
-  out.samples = shape_.resolution > 0 ? to_uint8_reference(x.cpu()) : x.cpu().to(torch::kFloat32).contiguous();
+  return out;
+}
+
+SampleSet Sampler::sample_batch(int64_t begin, int64_t end) const {
+  FloatSamples f = sample_floats(*net_, p_, shape_, opts_, begin, end, device_);
+  SampleSet out;
+  out.labels = f.labels;
+  out.samples = shape_.resolution > 0 ? to_uint8_reference(f.x.cpu()) : f.x.cpu().to(torch::kFloat32).contiguous();
   return out;
 }
 

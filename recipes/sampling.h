@@ -47,6 +47,16 @@ torch::Tensor sample_noise(uint64_t seed, int64_t index, int64_t step, const std
 // The class label of sample `index` under `opts` for a model of `num_classes` classes.
 int64_t sample_label(const SamplingOptions& opts, int64_t index, int64_t num_classes);
 
+// Float samples of indices [begin, end) (images NCHW in [-1, 1] as the network gives them, or [n, C]
+// points) and their labels (undefined for unconditional models), on `device`: consistency sampling on
+// opts.sigmas, or EDM Heun for EDM models. What `cm sample` quantizes and the trainer's pictures show.
+// The network is used as it is (the callers put it in eval mode).
+struct FloatSamples {
+  torch::Tensor x, labels;
+};
+FloatSamples sample_floats(NetworkImpl& net, const Preconditioning& p, const ModelShape& shape, const SamplingOptions& opts,
+                           int64_t begin, int64_t end, torch::Device device);
+
 // Rank `rank` of `world` takes the contiguous indices [begin, end) (sizes differ by at most one).
 struct IndexRange {
   int64_t begin = 0, end = 0;

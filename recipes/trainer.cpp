@@ -10,7 +10,6 @@
 #include <torch/torch.h>
 #include "core/distance.h"
 #include "core/image.h"
-#include "core/ode.h"
 #include "core/rng.h"
 #include "datasets/toy2d.h"
 #include "distributed/communicator.h"  // the rank's device
@@ -46,36 +45,21 @@ std::vector<double> recipe_sample_sigmas(const Recipe& r) { return ts_to_sigmas(
 torch::Tensor sample_model(const Recipe& r, NetworkImpl& net, const Preconditioning& p, int64_t count,
                            const std::vector<double>& sigmas, uint64_t noise_seed, torch::Device device,
                            const ModelShape& shape) {
-  torch::NoGradGuard ng;
-  std::vector<int64_t> dims = {shape.channels};
-  if (shape.resolution > 0) dims.insert(dims.end(), {shape.resolution, shape.resolution});
   // Per-sample noise and labels as `cm sample` draws them (recipes/sampling.h): sample i's noise depends on
-  // (noise_seed, i, step) only, not on `count` (a whole-batch draw would change every sample with count).
-  auto noise = [&](int64_t step) {
-    std::vector<torch::Tensor> rows;
-    rows.reserve(static_cast<size_t>(count));
-    for (int64_t i = 0; i < count; ++i) rows.push_back(sample_noise(noise_seed, i, step, dims));
-    return torch::stack(rows).to(device);
-  };
-  torch::Tensor labels;
-  if (shape.num_classes > 0) {
-    SamplingOptions so;
-    so.seed = noise_seed;
-    labels = torch::empty({count}, torch::kInt64);
-    auto* l = labels.data_ptr<int64_t>();
-    for (int64_t i = 0; i < count; ++i) l[i] = sample_label(so, i, shape.num_classes);
-    labels = labels.to(device);
-  }
+  // (noise_seed, i, step) only, not on `count`.
+  SamplingOptions so;
+  so.sigmas = sigmas;
+  so.edm_steps = r.sample.edm_steps;
+  so.count = count;
+  so.seed = noise_seed;
   const bool was_training = net.is_training();
   net.eval();
   torch::Tensor out;
-  NetworkImpl* raw = &net;
-  if (p.kind == Preconditioning::Edm) {
-    DenoiserFn d = [raw, p](const torch::Tensor& x, const torch::Tensor& s, const torch::Tensor& l) { return precondition(*raw, p, x, s, l); };
-    out = edm_heun_sample(d, noise(0), r.sample.edm_steps, p.range, labels);
-  } else {
-    ConsistencyFn f = [raw, p](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& l) { return precondition(*raw, p, x, t, l); };
-    out = consistency_sample(f, sigmas, noise, p.range, labels);
+  try {
+    out = sample_floats(net, p, shape, so, 0, count, device).x;
+  } catch (...) {
+    net.train(was_training);
+    throw;
   }
   net.train(was_training);
   return out;
