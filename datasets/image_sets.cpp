@@ -100,7 +100,8 @@ void list_images(const fs::path& dir, std::vector<fs::path>& out) {
 class FolderImages : public ImageSet {
  public:
   explicit FolderImages(const std::string& dir) : dir_(dir) {
-    list_images(dir, files_);
+    if (fs::is_regular_file(dir)) files_.push_back(dir);  // one image file: a set of one
+    else list_images(dir, files_);
     if (files_.empty()) throw std::runtime_error(fmt::format("{}: no .png/.jpg/.jpeg/.webp images found (searched subfolders too)", dir));
     Image first = decode(0);
     count_ = static_cast<int64_t>(files_.size()), h_ = first.height, w_ = first.width, c_ = 3;
@@ -141,8 +142,9 @@ std::unique_ptr<ImageSet> open_image_set(const std::string& path, const std::str
   }
   if (!fs::exists(path)) throw std::runtime_error(fmt::format("{}: no such file or directory", path));
   if (fs::path(path).extension() == ".npz") return std::make_unique<NpzImages>(path, array);
+  if (is_image_file(path)) return std::make_unique<FolderImages>(path);
   throw std::runtime_error(fmt::format("{}: not an image set; give an .npz (arr_0 uint8 NHWC), a converted dataset directory "
-                                       "(with {}) or a folder of PNG/JPEG/WebP images", path, kManifestName));
+                                       "(with {}), a folder of PNG/JPEG/WebP images or one such image", path, kManifestName));
 }
 
 bool npz_has(const std::string& path, const std::string& name) {

@@ -2,7 +2,7 @@
 //  - an .npz with 'arr_0' uint8 [N, H, W, C] (what `cm sample` and the reference image_sample.py write,
 //    and the images of a VIRTUAL_*.npz reference batch), streamed without loading the whole array;
 //  - a converted dataset directory (manifest.json + HDF5 shards, datasets/shards.h), in record order;
-//  - a folder of PNG/JPEG/WebP files (searched depth first, names sorted), all of one size.
+//  - a folder of PNG/JPEG/WebP files (searched depth first, names sorted), all of one size, or one such file.
 #pragma once
 #include <cstdint>
 #include <memory>

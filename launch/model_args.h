@@ -1,0 +1,31 @@
+// Command-line options shared by the commands that run a trained model (`cm sample`, `cm edit`,
+// `cm ts-search`): --weights/--ema, the noise levels (--ts/--grid or --sigmas) and --labels.
+#pragma once
+#include <optional>
+#include <string>
+#include <vector>
+#include "launch/command.h"
+
+namespace cm {
+struct NetworkImpl;
+struct Recipe;
+struct SamplingOptions;
+}  // namespace cm
+
+namespace cm::cli {
+
+// "80,0.8" -> {80, 0.8}; throws naming `what` for anything else.
+std::vector<double> parse_doubles(const std::string& s, const std::string& what);
+
+// --weights PATH [--ema RATE]: a weights file (.safetensors / .pt), or a checkpoint or run directory with
+// --ema RATE (its newest committed checkpoint's EMA). Clear errors for every other combination.
+void load_weights_arg(NetworkImpl& net, const std::string& path, const std::optional<std::string>& ema);
+
+// The consistency noise levels: --sigmas (must start at sigma_max, all within the recipe's range) or
+// --ts indices into a --grid-point Karras grid (default: the recipe's sample.ts and sample.grid).
+std::vector<double> noise_levels_arg(const Args& args, const Recipe& r);
+
+// --labels random|balanced|K into `o` (labels, fixed_class).
+void labels_arg(const Args& args, SamplingOptions& o);
+
+}  // namespace cm::cli
