@@ -120,6 +120,7 @@ class FolderImages : public ImageSet {
     next_ += n;
     return t;
   }
+  void skip(int64_t n) override { next_ = std::min(count_, next_ + std::max<int64_t>(0, n)); }
   std::string describe() const override { return fmt::format("folder {} ({} images, {})", dir_, count_, dims(h_, w_, c_)); }
 
  private:
@@ -134,6 +135,14 @@ class FolderImages : public ImageSet {
 };
 
 }  // namespace
+
+void ImageSet::skip(int64_t n) {
+  while (n > 0) {
+    const int64_t got = read(std::min<int64_t>(n, 256)).size(0);
+    if (got == 0) return;
+    n -= got;
+  }
+}
 
 std::unique_ptr<ImageSet> open_image_set(const std::string& path, const std::string& array) {
   if (fs::is_directory(path)) {

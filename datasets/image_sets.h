@@ -20,6 +20,8 @@ class ImageSet {
   int64_t channels() const { return c_; }
   // The next up to `n` images as uint8 [n', H, W, C]; n' = 0 at the end.
   virtual torch::Tensor read(int64_t n) = 0;
+  // Passes over the next `n` images (a rank's shard starts there); reads and drops them unless a set can seek.
+  virtual void skip(int64_t n);
   virtual std::string describe() const = 0;  // "npz FILE (arr_0: 50000 x 64x64x3)"
 
  protected:

@@ -7,6 +7,9 @@
 #include "core/image_metrics.h"   // inception_score, precision_recall
 #include "core/safetensors.h"     // write_file_atomic
 #include "datasets/image_sets.h"  // open_image_set
+#include "distributed/communicator.h"  // Communicator::create
+#include "distributed/guard.h"         // run_guarded: a failing rank aborts the job
+#include "distributed/world.h"         // World::init under mpirun/srun
 #include "launch/command.h"
 #include "recipes/evaluation.h"
 
@@ -39,6 +42,9 @@ TorchScript inception-2015-12-05.pt that StyleGAN2-ADA (PyTorch) publishes with 
 from a pickle). It is called as net(images, return_features=True) for features and net(images,
 no_output_bias=True) for IS, with uint8 [N, 3, H, W] images (grey ones repeated to 3 channels) that it resizes
 to 299 x 299 itself. It runs on the GPU when there is one. 50,000 images are the papers' convention.
+Under mpirun/srun the images are split over the ranks (rank r of W takes the contiguous r-th W-th of each
+set, one GPU each), their features gathered, and rank 0 prints and writes the results; the figures agree
+with one process's to float64 rounding.
 Options:
   --metrics L   which of fid, is, pr (default: all that the inputs allow; without --ref only is)
   --count N     only the first N images of SAMPLES
@@ -69,26 +75,24 @@ EvalOptions eval_options(const Args& args) {
   return o;
 }
 
-int ref_stats(const Args& args, const std::vector<std::string>& plain) {
+int ref_stats(const Args& args, const std::vector<std::string>& plain, dist::Communicator* comm, torch::Device dev) {
   if (plain.size() != 2) throw std::invalid_argument("usage: cm eval ref-stats DATASET --out STATS.npz (see `cm eval --help`)");
   auto out = args.opt("out");
   if (!out) throw std::invalid_argument("cm eval ref-stats needs --out STATS.npz");
-  FeatureNetwork net(FeatureNetwork::locate(args.opt_or("inception", "")), eval_device());
+  FeatureNetwork net(FeatureNetwork::locate(args.opt_or("inception", "")), dev);
   auto set = data::open_image_set(plain[1]);
   const bool keep = args.flag("features");
-  SetFeatures f = compute_set_features(net, *set, eval_options(args), keep, false);
+  SetFeatures f = compute_set_features(net, *set, eval_options(args), keep, false, comm);
+  if (comm && comm->rank() != 0) return 0;
   write_reference_stats(*out, f.stats, f.features);
   fmt::print("{}: mu [{}], sigma [{}, {}] of {} images{} -> {}\n", f.description, f.stats.mu.size(0), f.stats.sigma.size(0),
              f.stats.sigma.size(1), f.stats.count, keep ? ", with their features" : "", *out);
   return 0;
 }
 
-int run(const std::vector<std::string>& argv) {
-  if (wants_help(argv, kHelp)) return 0;
-  Args args(argv, {"features", "quiet"});
-  args.check_known({"ref", "inception", "metrics", "json", "count", "batch", "splits", "k", "out", "features", "quiet"});
+int evaluate(const Args& args, dist::Communicator* comm, torch::Device dev) {
   const auto plain = args.plain();
-  if (!plain.empty() && plain[0] == "ref-stats") return ref_stats(args, plain);
+  if (!plain.empty() && plain[0] == "ref-stats") return ref_stats(args, plain, comm, dev);
   if (plain.size() != 1) throw std::invalid_argument("expected exactly one SAMPLES set (see `cm eval --help`)");
   const auto ref = args.opt("ref");
   const bool explicit_metrics = args.opt("metrics").has_value();
@@ -97,20 +101,22 @@ int run(const std::vector<std::string>& argv) {
   const EvalOptions o = eval_options(args);
   const int64_t splits = args.int_or("splits", 10), k = args.int_or("k", 3);
 
-  FeatureNetwork net(FeatureNetwork::locate(args.opt_or("inception", "")), eval_device());
+  const bool main_rank = !comm || comm->rank() == 0;
+  FeatureNetwork net(FeatureNetwork::locate(args.opt_or("inception", "")), dev);
   auto samples_set = data::open_image_set(plain[0]);
   ReferenceSet reference;
   if (ref) {
-    reference = load_reference(*ref, net, o, metrics.count("pr") > 0);
+    reference = load_reference(*ref, net, o, metrics.count("pr") > 0, comm);
     if (metrics.count("pr") && !reference.features.defined()) {
       if (explicit_metrics)
         throw std::invalid_argument(fmt::format("{} holds statistics only (no 'features', no arr_0 images): precision/recall "
                                                 "needs reference features; make them with `cm eval ref-stats DATASET --features`", *ref));
-      fmt::print("note: {} holds statistics only, so precision/recall is skipped (`cm eval ref-stats DATASET --features` stores features)\n", *ref);
+      if (main_rank) fmt::print("note: {} holds statistics only, so precision/recall is skipped (`cm eval ref-stats DATASET --features` stores features)\n", *ref);
       metrics.erase("pr");
     }
   }
-  SetFeatures s = compute_set_features(net, *samples_set, o, metrics.count("pr") > 0, metrics.count("is") > 0);
+  SetFeatures s = compute_set_features(net, *samples_set, o, metrics.count("pr") > 0, metrics.count("is") > 0, comm);
+  if (!main_rank) return 0;  // every rank holds the gathered features; rank 0 reports
   EvalResult r;
   r.count = s.stats.count;
   fmt::print("samples    {}\n", s.description);
@@ -136,6 +142,23 @@ int run(const std::vector<std::string>& argv) {
     fmt::print("wrote {}\n", *j);
   }
   return 0;
+}
+
+int run(const std::vector<std::string>& argv) {
+  if (wants_help(argv, kHelp)) return 0;
+  Args args(argv, {"features", "quiet"});
+  args.check_known({"ref", "inception", "metrics", "json", "count", "batch", "splits", "k", "out", "features", "quiet"});
+  if (!dist::launched_by_mpi()) return evaluate(args, nullptr, eval_device());
+  return dist::run_guarded([&] {
+    const dist::World& w = dist::World::init(dist::WorldOptions{});
+    int rc = 0;
+    {
+      auto comm = dist::Communicator::create(w, w.device);
+      rc = evaluate(args, comm->size() > 1 ? comm.get() : nullptr, w.device);
+    }  // the communicator goes before MPI does
+    dist::World::finalize();
+    return rc;
+  });
 }
 
 CommandRegistration reg({"eval", "FID, Inception Score and precision/recall of samples (TorchScript Inception)", kHelp, run});

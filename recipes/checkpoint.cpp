@@ -140,7 +140,7 @@ struct CheckpointCoordinator::Snapshot {
 const std::vector<std::string>& resume_mutable_keys() {
   // Where to checkpoint and log, how often, on what hardware: none of it changes the training state.
   static const std::vector<std::string> k = {"checkpoint",        "resume",           "run",
-                                             "debug",             "sample",           "train.steps",
+                                             "debug",             "sample",           "eval",    "train.steps",
                                              "train.log_every",   "train.sample_every", "train.check_every",
                                              "train.watchdog_s",  "train.threads",    "train.device",
                                              "method.curriculum_steps", "dist",  // communication layout only

@@ -12,6 +12,8 @@
 #include "datasets/npz.h"         // write_npz
 #include "datasets/progress.h"    // progress line with ETA
 #include "datasets/ref_stats.h"   // mu, sigma of published .npz files
+#include "distributed/communicator.h"  // all_gather of each round's features
+#include "recipes/sampling.h"         // shard_range, round_range
 
 namespace fs = std::filesystem;
 
@@ -74,33 +76,97 @@ torch::Tensor FeatureNetwork::call(const torch::Tensor& nhwc, const std::string&
 torch::Tensor FeatureNetwork::features(const torch::Tensor& nhwc) { return call(nhwc, "return_features"); }
 torch::Tensor FeatureNetwork::probabilities(const torch::Tensor& nhwc) { return call(nhwc, "no_output_bias"); }
 
-SetFeatures compute_set_features(FeatureNetwork& net, data::ImageSet& set, const EvalOptions& o, bool keep_features, bool want_probs) {
-  const int64_t total = o.max_images > 0 ? std::min(o.max_images, set.size()) : set.size();
-  if (total < 2) throw std::runtime_error(fmt::format("{}: {} images; statistics need at least 2", set.describe(), total));
+SetFeatures compute_features(FeatureNetwork& net, int64_t total, const ImageRangeFn& images, const EvalOptions& o, bool keep_features,
+                             bool want_probs, dist::Communicator* comm, const std::string& description) {
+  if (total < 2) throw std::runtime_error(fmt::format("{}: {} images; statistics need at least 2", description, total));
+  const int64_t world = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
+  if (total < world) throw std::runtime_error(fmt::format("{}: {} images for {} ranks; give every rank at least one", description, total, world));
   SetFeatures out;
-  out.description = set.describe();
-  data::Progress bar("inception features", total, o.progress);
+  out.description = description;
+  data::Progress bar("inception features", total, o.progress && rank == 0);
   std::unique_ptr<FeatureAccumulator> acc;
-  std::vector<torch::Tensor> feats, probs;
-  for (int64_t done = 0; done < total;) {
-    auto images = set.read(std::min(o.batch, total - done));
-    if (images.size(0) == 0) throw std::runtime_error(fmt::format("{}: ended after {} of {} images", set.describe(), done, total));
-    auto f = net.features(images);
+  torch::Tensor feats, probs;  // [total, D] / [total, K] in index order, when kept
+  auto take = [&](const torch::Tensor& f, const torch::Tensor& p, int64_t begin) {
     if (!acc) acc = std::make_unique<FeatureAccumulator>(f.size(1));
     acc->add(f);
-    if (keep_features) feats.push_back(f);
-    if (want_probs) probs.push_back(net.probabilities(images));
-    done += images.size(0);
-    bar.add(images.size(0));
+    if (keep_features) {
+      if (!feats.defined()) feats = torch::empty({total, f.size(1)}, torch::kFloat32);
+      feats.narrow(0, begin, f.size(0)).copy_(f);
+    }
+    if (want_probs) {
+      if (!probs.defined()) probs = torch::empty({total, p.size(1)}, torch::kFloat32);
+      probs.narrow(0, begin, p.size(0)).copy_(p);
+    }
+  };
+  auto forward = [&](int64_t begin, int64_t end, torch::Tensor& f, torch::Tensor& p) {
+    auto img = images(begin, end);
+    if (img.dim() != 4 || img.size(0) != end - begin)
+      throw std::runtime_error(fmt::format("{}: asked for images {}..{}, got {}", description, begin, end, c10::str(img.sizes())));
+    f = net.features(img);
+    if (want_probs) p = net.probabilities(img);
+  };
+  if (world == 1) {
+    for (int64_t b = 0; b < total; b += o.batch) {
+      const int64_t e = std::min(total, b + o.batch);
+      torch::Tensor f, p;
+      forward(b, e, f, p);
+      take(f, p, b);
+      bar.add(e - b);
+    }
+  } else {
+    const int64_t rounds = round_count(total, world, o.batch);
+    const torch::Device cd = comm->device();  // NCCL gathers CUDA tensors, MPI CPU ones
+    int64_t dim = 0, classes = 0;
+    for (int64_t j = 0; j < rounds; ++j) {
+      const IndexRange mine = round_range(total, rank, world, o.batch, j);
+      torch::Tensor f, p;
+      if (mine.size() > 0) forward(mine.begin, mine.end, f, p);
+      if (j == 0) dim = f.size(1), classes = want_probs ? p.size(1) : 0;  // every rank has images in round 0
+      auto pad = [&](const torch::Tensor& t, int64_t cols) {
+        auto z = torch::zeros({o.batch, cols}, torch::kFloat32);
+        if (t.defined() && t.size(0) > 0) z.narrow(0, 0, t.size(0)).copy_(t);
+        return z.to(cd);
+      };
+      auto fs_all = comm->all_gather(pad(f, dim), "features").cpu();
+      torch::Tensor ps_all;
+      if (want_probs) ps_all = comm->all_gather(pad(p, classes), "probabilities").cpu();
+      for (int64_t r = 0; r < world; ++r) {
+        const IndexRange rr = round_range(total, r, world, o.batch, j);
+        if (rr.size() == 0) continue;
+        take(fs_all[r].narrow(0, 0, rr.size()), want_probs ? ps_all[r].narrow(0, 0, rr.size()) : torch::Tensor(), rr.begin);
+        bar.add(rr.size());
+      }
+    }
   }
   bar.finish();
   out.stats = acc->stats();
-  if (keep_features) out.features = torch::cat(feats);
-  if (want_probs) out.probs = torch::cat(probs);
+  out.features = feats;
+  out.probs = probs;
   return out;
 }
 
-ReferenceSet load_reference(const std::string& ref, FeatureNetwork& net, const EvalOptions& o, bool need_features) {
+SetFeatures compute_set_features(FeatureNetwork& net, data::ImageSet& set, const EvalOptions& o, bool keep_features, bool want_probs,
+                                 dist::Communicator* comm) {
+  const int64_t total = o.max_images > 0 ? std::min(o.max_images, set.size()) : set.size();
+  const int64_t world = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
+  int64_t next = 0;  // this rank reads its own shard, in order
+  if (world > 1 && total >= world) {
+    next = shard_range(total, rank, world).begin;
+    set.skip(next);
+  }
+  const std::string what = set.describe();
+  ImageRangeFn images = [&](int64_t begin, int64_t end) {
+    if (begin != next) throw std::logic_error(fmt::format("{}: images {}.. asked for out of order (next is {})", what, begin, next));
+    auto t = set.read(end - begin);
+    if (t.size(0) != end - begin) throw std::runtime_error(fmt::format("{}: ended after {} of {} images", what, begin + t.size(0), total));
+    next = end;
+    return t;
+  };
+  return compute_features(net, total, images, o, keep_features, want_probs, comm, what);
+}
+
+ReferenceSet load_reference(const std::string& ref, FeatureNetwork& net, const EvalOptions& o, bool need_features,
+                            dist::Communicator* comm) {
   ReferenceSet r;
   const bool npz = fs::is_regular_file(ref) && fs::path(ref).extension() == ".npz";
   if (npz && data::npz_has(ref, "mu")) {
@@ -115,7 +181,7 @@ ReferenceSet load_reference(const std::string& ref, FeatureNetwork& net, const E
         auto set = data::open_image_set(ref);
         EvalOptions all = o;
         all.max_images = 0;
-        r.features = compute_set_features(net, *set, all, true, false).features;
+        r.features = compute_set_features(net, *set, all, true, false, comm).features;
         r.description += fmt::format(" and features of its {} arr_0 images", r.features.size(0));
       }
     }
@@ -124,7 +190,7 @@ ReferenceSet load_reference(const std::string& ref, FeatureNetwork& net, const E
   auto set = data::open_image_set(ref);
   EvalOptions all = o;
   all.max_images = 0;
-  SetFeatures f = compute_set_features(net, *set, all, need_features, false);
+  SetFeatures f = compute_set_features(net, *set, all, need_features, false, comm);
   r.stats = f.stats;
   r.features = f.features;
   r.description = f.description;

@@ -11,6 +11,7 @@
 // Grey images are repeated to 3 channels first, as those metrics do.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <string>
@@ -19,6 +20,9 @@
 
 namespace cm::data {
 class ImageSet;
+}
+namespace cm::dist {
+class Communicator;
 }
 
 namespace cm {
@@ -55,8 +59,18 @@ struct SetFeatures {
   torch::Tensor probs;     // [N, K] float32, when asked for (IS)
   std::string description;
 };
+// The features of `total` images, uint8 NHWC, that images(begin, end) gives for each index range, split
+// over the ranks of `comm` (null or size 1: this process alone): rank r takes the contiguous indices
+// shard_range(total, r, W) in rounds of o.batch (recipes/sampling.h), each round's features are all-gathered,
+// and every rank accumulates the statistics of all of them (float64) and, when asked, holds the features and
+// probabilities of every image in index order. The statistics agree with one rank's to float64 rounding.
+// images() is called on each rank for that rank's ranges only, in increasing order. Progress on rank 0.
+using ImageRangeFn = std::function<torch::Tensor(int64_t begin, int64_t end)>;
+SetFeatures compute_features(FeatureNetwork& net, int64_t total, const ImageRangeFn& images, const EvalOptions& o, bool keep_features,
+                             bool want_probs, dist::Communicator* comm, const std::string& description);
+// The same over an image set (its first o.max_images, or all).
 SetFeatures compute_set_features(FeatureNetwork& net, data::ImageSet& set, const EvalOptions& o, bool keep_features,
-                                 bool want_probs);
+                                 bool want_probs, dist::Communicator* comm = nullptr);
 
 // Reference for FID and precision/recall. REF is an .npz with mu and sigma (a VIRTUAL_*.npz reference batch, EDM's
 // dataset statistics, or `cm eval ref-stats` output), whose features for precision/recall come from its
@@ -68,7 +82,8 @@ struct ReferenceSet {
   torch::Tensor features;
   std::string description;
 };
-ReferenceSet load_reference(const std::string& ref, FeatureNetwork& net, const EvalOptions& o, bool need_features);
+ReferenceSet load_reference(const std::string& ref, FeatureNetwork& net, const EvalOptions& o, bool need_features,
+                            dist::Communicator* comm = nullptr);
 
 // mu, sigma (float64) and, when `features` is defined, 'features' (float32 [N, D]) as an .npz, atomically.
 void write_reference_stats(const std::string& path, const FeatureStats& stats, const torch::Tensor& features);

@@ -108,6 +108,21 @@ static SampleConfig bind_sample(ConfigReader s) {
   return c;
 }
 
+static EvalConfig bind_eval(ConfigReader e) {
+  EvalConfig c;
+  c.every_images = e.get_int("every_images", c.every_images);
+  c.count = e.get_int("count", c.count);
+  c.batch = e.get_int("batch", c.batch);
+  c.ref = e.get_string("ref", c.ref);
+  c.inception = e.get_string("inception", c.inception);
+  c.seed = static_cast<uint64_t>(e.get_int("seed", static_cast<int64_t>(c.seed)));
+  e.finish();
+  if (c.every_images < 0) throw ConfigError("'eval.every_images' must be >= 0 (0 = no FID during training)");
+  if (c.enabled() && c.count < 2) throw ConfigError("'eval.count' must be >= 2 (FID needs a covariance)");
+  if (c.batch < 1) throw ConfigError("'eval.batch' must be >= 1");
+  return c;
+}
+
 Recipe Recipe::load(const std::string& recipe, const std::vector<std::string>& overrides) {
   Config cfg = Config::compose(recipe, overrides);
   return bind(cfg, std::filesystem::path(recipe).stem().string());
@@ -121,6 +136,7 @@ Recipe Recipe::bind(const Config& cfg, const std::string& name) {
   r.train = bind_train(root.sub("train"));
   r.method = bind_method(root.sub("method"), r.train.steps);
   r.sample = bind_sample(root.sub("sample"));
+  r.eval = bind_eval(root.sub("eval"));
   {
     ConfigReader d = root.sub("dist");
     r.dist = dist::read_dist_options(d);

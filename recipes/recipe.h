@@ -80,6 +80,18 @@ struct SampleConfig {
   int64_t eval_count = 10000;     // toy: points for the sliced Wasserstein figure
 };
 
+// FID during training ([eval]; off unless every_images > 0). Samples of the first sampling EMA (or the
+// student when there is none) with sample.ts, split over the ranks, against the reference statistics.
+struct EvalConfig {
+  int64_t every_images = 0;  // evaluate every this many training images (all ranks together); 0 = off
+  int64_t count = 10000;     // samples per evaluation
+  int64_t batch = 100;       // samples and Inception images per forward on each rank
+  std::string ref;           // mu/sigma .npz or an image set; "" = the training dataset (statistics cached in run.dir)
+  std::string inception;     // the TorchScript Inception; "" = $CM_INCEPTION or ~/.cache/cm/inception-2015-12-05.pt
+  uint64_t seed = 12345;     // sample noise seed, the same at every evaluation (the curve shows the model, not the noise)
+  bool enabled() const { return every_images > 0; }
+};
+
 struct RunConfig {
   std::string dir;  // run directory; "" = runs/<recipe name>
 };
@@ -90,6 +102,7 @@ struct Recipe {
   TrainConfig train;
   MethodConfig method;
   SampleConfig sample;
+  EvalConfig eval;
   RunConfig run;
   dist::DistOptions dist;  // [dist]: gradient buckets, overlap, timelines (multi-rank runs)
   CheckpointConfig checkpoint;

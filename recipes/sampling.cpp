@@ -110,14 +110,18 @@ SampleSet Sampler::sample_range(IndexRange r) const {
   return out;
 }
 
-namespace {
-
-// Rank r's indices of round j: the j-th piece of opts.batch of its shard (possibly empty).
 IndexRange round_range(int64_t count, int64_t rank, int64_t world, int64_t batch, int64_t j) {
   const IndexRange s = shard_range(count, rank, world);
   const int64_t b = std::min(s.begin + j * batch, s.end);
   return {b, std::min(b + batch, s.end)};
 }
+
+int64_t round_count(int64_t count, int64_t world, int64_t batch) {
+  const int64_t per_rank = (count + world - 1) / world;
+  return (per_rank + batch - 1) / batch;
+}
+
+namespace {
 
 torch::Tensor padded(const torch::Tensor& part, int64_t rows, const std::vector<int64_t>& dims, torch::ScalarType dtype) {
   std::vector<int64_t> shape = {rows};
@@ -150,7 +154,7 @@ SampleSet sample_all(const Sampler& s, dist::Communicator* comm, bool progress) 
   const std::vector<int64_t> dims = s.output_dims();
   const torch::ScalarType dtype = s.shape().resolution > 0 ? torch::kUInt8 : torch::kFloat32;
   const bool labelled = s.shape().num_classes > 0;
-  const int64_t per_rank = (o.count + world - 1) / world, rounds = (per_rank + o.batch - 1) / o.batch;
+  const int64_t rounds = round_count(o.count, world, o.batch);
   SampleSet out;
   if (rank == 0) {
     std::vector<int64_t> shape = {o.count};

@@ -63,6 +63,11 @@ struct IndexRange {
   int64_t size() const { return end - begin; }
 };
 IndexRange shard_range(int64_t count, int64_t rank, int64_t world);
+// Round j of rank `rank`: the j-th piece of `batch` indices of its shard_range (empty past its end). What
+// sample_all and the sharded feature passes of recipes/evaluation.h work through, all ranks in step.
+IndexRange round_range(int64_t count, int64_t rank, int64_t world, int64_t batch, int64_t j);
+// The rounds needed for the largest shard.
+int64_t round_count(int64_t count, int64_t world, int64_t batch);
 
 // Samples in index order: images as uint8 NHWC (the reference quantization, see to_uint8_reference),
 // 2-D toy points as float32 [N, C]; labels int64 [N] for class-conditional models, else undefined.

@@ -9,8 +9,10 @@
 #include <thread>
 #include <torch/torch.h>
 #include "core/distance.h"
+#include "core/fid.h"
 #include "core/image.h"
 #include "core/rng.h"
+#include "datasets/image_sets.h"  // npz_has: is eval.ref a statistics file
 #include "datasets/toy2d.h"
 #include "distributed/communicator.h"  // the rank's device
 #include "distributed/consistency.h"   // check_same_on_all_ranks
@@ -18,6 +20,7 @@
 #include "distributed/reducer.h"       // bucketed, overlapped gradient averaging
 #include "distributed/timeline.h"      // optional Chrome trace of the phases of a step
 #include "recipes/checkpoint.h"       // checkpoints, resume, preemption
+#include "recipes/evaluation.h"       // in-training FID: Inception features over all ranks
 #include "recipes/sampling.h"         // per-sample noise and labels of the sample pictures
 
 #ifndef CM_SOURCE_REVISION
@@ -312,6 +315,82 @@ void Trainer::check_ranks_identical(int64_t step) {
     fmt::print("cross-rank check at step {}: student, target and EMAs identical on all {} ranks\n", step, opt_.world);
 }
 
+void Trainer::setup_eval() {
+  const EvalConfig& e = recipe_.eval;
+  if (!e.enabled()) return;
+  if (data_->shape().resolution == 0) throw ConfigError("eval.every_images > 0: FID needs images; this recipe trains on 2-D points");
+  fid_net_ = std::make_unique<FeatureNetwork>(FeatureNetwork::locate(e.inception), device_);
+  dist::Communicator* comm = opt_.world > 1 ? opt_.comm.get() : nullptr;
+  EvalOptions o;
+  o.batch = e.batch;
+  o.progress = false;
+  const std::string ref = e.ref.empty() ? recipe_.data_path : e.ref;
+  if (ref.empty()) throw ConfigError("eval.ref is empty and the recipe has no dataset.path to compute reference statistics from");
+  const bool stats_file = fs::is_regular_file(ref) && fs::path(ref).extension() == ".npz" && data::npz_has(ref, "mu");
+  const std::string cache = recipe_.run.dir + "/eval_ref_stats.npz";
+  // An image set's statistics are computed once (all ranks) and kept in the run directory for resumed runs.
+  int64_t cached = is_main() && !stats_file && fs::exists(cache) ? 1 : 0;
+  if (comm) {
+    auto flag = torch::full({1}, cached, torch::kInt64).to(comm->device());
+    comm->broadcast(flag, 0, "eval cache");
+    cached = flag.cpu().item<int64_t>();
+  }
+  const bool use_cache = !stats_file && cached;
+  if (is_main() && !opt_.quiet)
+    fmt::print("eval: FID of {} samples every {} images against {}{}\n", e.count, e.every_images, ref,
+               use_cache ? fmt::format(" (statistics cached in {})", cache) : "");
+  ReferenceSet r = load_reference(use_cache ? cache : ref, *fid_net_, o, false, comm);
+  if (is_main() && !stats_file && !use_cache) write_reference_stats(cache, r.stats, torch::Tensor());
+  fid_ref_ = std::make_unique<FeatureStats>(r.stats);
+}
+
+bool Trainer::eval_due(int64_t step) const {
+  const int64_t every = recipe_.eval.every_images, b = recipe_.train.batch;
+  return every > 0 && ((step + 1) * b) / every > (step * b) / every;
+}
+
+double Trainer::evaluate_fid(int64_t step) {
+  const EvalConfig& e = recipe_.eval;
+  const auto t_start = std::chrono::steady_clock::now();
+  SamplingOptions so;
+  so.sigmas = recipe_sample_sigmas(recipe_);
+  so.edm_steps = recipe_.sample.edm_steps;
+  so.count = e.count;
+  so.seed = e.seed;
+  EvalOptions o;
+  o.batch = e.batch;
+  o.progress = false;
+  const ModelShape shape = data_->shape();
+  const auto& p = objective_->precond();
+  SetFeatures f;
+  with_sampling_weights(*objective_, *emas_, [&](NetworkImpl& net) {
+    const bool was_training = net.is_training();
+    net.eval();
+    ImageRangeFn images = [&](int64_t b, int64_t end) { return to_uint8_reference(sample_floats(net, p, shape, so, b, end, device_).x.cpu()); };
+    try {
+      f = compute_features(*fid_net_, e.count, images, o, false, false, opt_.world > 1 ? opt_.comm.get() : nullptr, "samples");
+    } catch (...) {
+      net.train(was_training);
+      throw;
+    }
+    net.train(was_training);
+  });
+  const double fid = frechet_distance(f.stats, *fid_ref_);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  t_last_ += std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(secs));  // img/s counts training only
+  last_eval_step_ = step;
+  last_fid_ = fid;
+  if (is_main()) {
+    const std::string weights = emas_->rates().empty() ? "student" : "EMA " + SamplingEmas::rate_name(emas_->rates()[0]);
+    if (!opt_.quiet) fmt::print("step {:>7} | FID {:.4f} ({} samples, {}, {} steps) | {:.1f}s\n", step, fid, e.count, weights, so.sigmas.size(), secs);
+    std::fflush(stdout);
+    metrics_ << fmt::format("{{\"step\": {}, \"images_seen\": {}, \"fid\": {:.8g}, \"fid_samples\": {}, \"fid_s\": {:.2f}}}\n", step,
+                            step * recipe_.train.batch, fid, e.count, secs);
+    metrics_.flush();
+  }
+  return fid;
+}
+
 TrainResult Trainer::run() {
   const auto& tc = recipe_.train;
   // Checkpoints (recipes/checkpoint.h): continue from the newest committed one, if any.
@@ -321,6 +400,7 @@ TrainResult Trainer::run() {
   start_step_ = checkpoints_->resume();
   if (start_step_ > 0) check_ranks_identical(start_step_);
   setup_run_dir(start_step_ > 0);
+  setup_eval();
   if (is_main() && !opt_.quiet) {
     fmt::print("cm train: recipe {} | method {} | {} | {} parameters | device {} | {} rank(s)\n", recipe_.name, recipe_.method.name,
                data_->describe(), count_parameters(*objective_->student()), device_.str(), opt_.world);
@@ -336,6 +416,7 @@ TrainResult Trainer::run() {
     log_progress(step, last_loss_);
     if (tc.check_every > 0 && (step + 1) % tc.check_every == 0 && step + 1 < tc.steps) check_ranks_identical(step + 1);
     if (tc.sample_every > 0 && (step + 1) % tc.sample_every == 0 && step + 1 < tc.steps) write_samples(step + 1, false);
+    if (eval_due(step)) evaluate_fid(step + 1);
     // Saves when due; on SIGTERM/SIGUSR1 (agreed by all ranks) the checkpoint of this step is committed and the run stops.
     if (int sig = checkpoints_->step_end(step + 1)) {
       TrainResult res;
@@ -348,12 +429,14 @@ TrainResult Trainer::run() {
   }
   check_ranks_identical(tc.steps);
   checkpoints_->finish(tc.steps);  // the final state, written while the samples and figures are made
+  if (recipe_.eval.enabled() && last_eval_step_ != tc.steps) evaluate_fid(tc.steps);
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
   TrainResult res;
   res.steps = tc.steps;
   res.final_loss = last_loss_;
   res.images_per_sec = elapsed > 0 ? (tc.steps - start_step_) * tc.batch / elapsed : 0;
   res.run_dir = recipe_.run.dir;
+  res.fid = last_fid_;
   write_samples(tc.steps, true);
   res.quality = evaluate_quality();
   save_weights();
@@ -361,6 +444,7 @@ TrainResult Trainer::run() {
   if (is_main()) {
     std::string q;
     for (auto& [k, v] : res.quality) q += fmt::format(", \"{}\": {:.6g}", k, v);
+    if (std::isfinite(res.fid)) q += fmt::format(", \"fid\": {:.8g}", res.fid);
     write_file_atomic(recipe_.run.dir + "/final.json",
                       fmt::format("{{\"steps\": {}, \"final_loss\": {:.8g}, \"images_per_sec\": {:.1f}{}}}\n", res.steps, res.final_loss,
                                   res.images_per_sec, q));

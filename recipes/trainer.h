@@ -3,6 +3,7 @@
 #pragma once
 #include <chrono>
 #include <functional>
+#include <limits>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -17,6 +18,8 @@
 namespace cm {
 
 class CheckpointCoordinator;
+class FeatureNetwork;
+struct FeatureStats;
 namespace dist {
 class Communicator;
 class GradReducer;
@@ -34,6 +37,7 @@ struct TrainResult {
   int64_t steps = 0;
   double final_loss = 0;
   double images_per_sec = 0;
+  double fid = std::numeric_limits<double>::quiet_NaN();  // the last in-training FID ([eval]), NaN when off
   std::map<std::string, double> quality;  // e.g. swd_1step, swd_2step, swd_data_floor (toys)
   std::string run_dir;
   int preempted_by = 0;  // the signal that stopped the run after a checkpoint (exit with kExitPreempted); 0 = finished
@@ -65,6 +69,11 @@ class Trainer {
   void save_weights();
   bool is_main() const { return opt_.rank == 0; }
   void check_ranks_identical(int64_t step);
+  // [eval]: the Inception network and the reference statistics (computed over all ranks and cached in
+  // run.dir when the reference is an image set), then FID of eval.count samples at `step`.
+  void setup_eval();
+  bool eval_due(int64_t step) const;  // after optimizer step `step` (0-based)
+  double evaluate_fid(int64_t step);
 
   Recipe recipe_;
   TrainerOptions opt_;
@@ -83,6 +92,10 @@ class Trainer {
   double loss_accum_ = 0;
   int64_t loss_count_ = 0;
   double last_loss_ = 0;
+  std::unique_ptr<FeatureNetwork> fid_net_;
+  std::unique_ptr<FeatureStats> fid_ref_;
+  int64_t last_eval_step_ = -1;
+  double last_fid_ = std::numeric_limits<double>::quiet_NaN();
 };
 
 // Samples of a trained model (the objective's student, or weights swapped in): one-step, two-step

@@ -17,9 +17,11 @@
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "datasets/image_codec.h"
+#include "datasets/image_sets.h"
 #include "datasets/npz.h"
 #include "datasets/shards.h"
 #include "support/paths.h"
+#include "support/standin_inception.h"
 
 using namespace cm;
 namespace fs = std::filesystem;
@@ -28,26 +30,7 @@ namespace {
 
 const std::string kPython = "/usr/bin/python3";
 
-// Features: per channel the mean, the mean of the top half and the mean square of the pixels / 255
-// ([N, 9]), minus 0.5, times proj [9, 6]. Probabilities: softmax(features cls (+ bias unless no_output_bias)).
-const char* kForward = R"(
-def forward(self, x, return_features: bool = False, use_fp16: bool = False, no_output_bias: bool = False):
-    x = x.float() / 255.0
-    h2 = x.size(2) // 2
-    f = torch.cat([x.mean(dim=[2, 3]), x[:, :, 0:h2, :].mean(dim=[2, 3]), (x * x).mean(dim=[2, 3])], 1)
-    feat = torch.mm(f - 0.5, self.proj)
-    if return_features:
-        return feat
-    logits = torch.mm(feat, self.cls)
-    if not no_output_bias:
-        logits = logits + self.bias
-    return torch.softmax(logits, 1)
-)";
-
-torch::Tensor proj() {
-  auto g = cpu_generator(11);
-  return torch::randn({9, 6}, g, torch::kFloat32) * 10;
-}
+torch::Tensor proj() { return test::standin_projection(); }
 
 // The same features without TorchScript, from uint8 NHWC (grey repeated to 3 channels).
 torch::Tensor expected_features(torch::Tensor nhwc) {
@@ -58,18 +41,7 @@ torch::Tensor expected_features(torch::Tensor nhwc) {
   return torch::mm(f - 0.5, proj());
 }
 
-std::string save_net(const std::string& path, bool uniform) {
-  torch::jit::Module m("FakeInception");
-  m.register_buffer("proj", proj());
-  auto g = cpu_generator(12);
-  m.register_buffer("cls", uniform ? torch::zeros({6, 10}) : torch::randn({6, 10}, g) * 0.1);
-  auto bias = torch::zeros({10});
-  bias[0] = 100.0;  // must be left out for IS: with it every image would be class 0 (IS ~ 1)
-  m.register_buffer("bias", bias);
-  m.define(kForward);
-  m.save(path);
-  return path;
-}
+std::string save_net(const std::string& path, bool uniform) { return test::save_standin_inception(path, uniform); }
 
 // N images h x w x c, pixel values in [lo, hi], from a seed.
 torch::Tensor images(int64_t n, int64_t hw, int64_t c, int lo, int hi, uint64_t seed) {
@@ -129,11 +101,12 @@ class EvalCmd : public ::testing::Test {
     uniform_ = save_net(dir_ + "/uniform.pt", true);
   }
   void TearDown() override { fs::remove_all(dir_); }
-  Eval eval(const std::string& args, const std::string& net = "") {
+  Eval eval(const std::string& args, const std::string& net = "", const std::string& launcher = "") {
     Eval e;
     const std::string json = dir_ + "/out.json";
     fs::remove(json);
-    e.rc = test::run_command(fmt::format("{} eval {} --inception {} --json {} --quiet", test::cm_binary(), args, net.empty() ? net_ : net, json), &e.out);
+    e.rc = test::run_command(fmt::format("{}{} eval {} --inception {} --json {} --quiet 2>&1", launcher, test::cm_binary(), args,
+                                         net.empty() ? net_ : net, json), &e.out);
     if (e.rc == 0) e.json = parse_json(read_file(json), json);
     return e;
   }
@@ -225,6 +198,45 @@ TEST_F(EvalCmd, SelfAndFarAwaySetsAcrossInputKinds) {
   e = eval(fmt::format("{0}/a.npz --ref {0}/edm.npz --metrics pr", dir_));
   EXPECT_NE(e.rc, 0);
   EXPECT_NE(e.out.find("ref-stats DATASET --features"), std::string::npos) << e.out;
+}
+
+std::string mpirun(int np) {
+  return fmt::format("OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1 "
+                     "timeout 300 {} --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS -np {} ",
+                     test::mpiexec(), np);
+}
+
+// Under mpirun the sets are split over the ranks (each rank reads its own contiguous part: an .npz skips by
+// reading, a folder by index, a dataset through its shards) and the features gathered: FID, IS and
+// precision/recall agree with one process's for 2 and 3 ranks, and so do `cm eval ref-stats` statistics.
+TEST_F(EvalCmd, ShardedOverRanksAgreesWithOneProcess) {
+  auto s = varied_images(37, 16, 3, 21);
+  data::write_npz(dir_ + "/s.npz", {{"arr_0", s}});
+  write_pngs(dir_ + "/s_png", s);
+  write_dataset(dir_ + "/ref", varied_images(23, 16, 3, 22));
+  const std::string args = fmt::format("{{}} --ref {}/ref --batch 5 --splits 2", dir_);
+  auto one = eval(fmt::format(fmt::runtime(args), dir_ + "/s.npz"));
+  ASSERT_EQ(one.rc, 0) << one.out;
+  ASSERT_GT(num(one, "fid"), 0.1);
+  for (int np : {2, 3}) {
+    for (const std::string samples : {dir_ + "/s.npz", dir_ + "/s_png"}) {
+      auto e = eval(fmt::format(fmt::runtime(args), samples), "", mpirun(np));
+      ASSERT_EQ(e.rc, 0) << e.out;
+      for (const char* k : {"fid", "is_mean", "is_std", "precision", "recall"})
+        EXPECT_NEAR(num(e, k), num(one, k), 1e-9 * std::max(1.0, std::abs(num(one, k)))) << k << " with " << np << " ranks, " << samples;
+      EXPECT_EQ(e.json.at("count", "json").integer, 37);
+      // Rank 0 alone reports.
+      EXPECT_EQ(e.out.find("FID"), e.out.rfind("FID")) << e.out;
+    }
+  }
+  std::string out;
+  const std::string rs = fmt::format("{} eval ref-stats {}/ref --inception {} --batch 4 --quiet", test::cm_binary(), dir_, net_);
+  ASSERT_EQ(test::run_command(rs + " --out " + dir_ + "/one.npz 2>&1", &out), 0) << out;
+  ASSERT_EQ(test::run_command(mpirun(3) + rs + " --out " + dir_ + "/three.npz 2>&1", &out), 0) << out;
+  for (const char* k : {"mu", "sigma"}) {
+    auto a = data::read_npz_tensor(dir_ + "/one.npz", k), b = data::read_npz_tensor(dir_ + "/three.npz", k);
+    EXPECT_LT((a - b).abs().max().item<double>(), 1e-10) << k;
+  }
 }
 
 // Uniform predictions give IS = 1 exactly; other predictions give StyleGAN3's value computed by numpy from
