@@ -1,0 +1,127 @@
+// FID during training ([eval]): a 2-rank run logs FID every eval.every_images images beside the loss,
+// computes the reference statistics of its dataset once over both ranks (cached in run.dir, reused on
+// resume), and its final FID is the one `cm sample` + `cm eval` give for the same weights, seed and count.
+// The Inception network is the TorchScript stand-in of tests/support/standin_inception.h.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include "core/json.h"
+#include "core/rng.h"
+#include "core/safetensors.h"
+#include "datasets/image_sets.h"
+#include "datasets/shards.h"
+#include "support/paths.h"
+#include "support/standin_inception.h"
+
+using namespace cm;
+namespace fs = std::filesystem;
+
+namespace {
+
+// 28x28 grey labelled images, 2 shards, in the layout `cm data convert` writes.
+void write_dataset(const std::string& dir, int64_t n) {
+  fs::create_directories(dir);
+  auto g = cpu_generator(31);
+  auto scale = torch::rand({n, 1, 1, 1}, g), offset = torch::rand({n, 1, 1, 1}, g) * (1 - scale);
+  auto imgs = ((torch::rand({n, 28, 28, 1}, g) * scale + offset) * 255).round().clamp(0, 255).to(torch::kUInt8).contiguous();
+  auto labels = torch::randint(0, 10, {n}, g, torch::kInt64);
+  data::Manifest m;
+  m.info.name = "tiny";
+  m.info.source_format = "test";
+  m.info.height = 28, m.info.width = 28, m.info.channels = 1, m.info.num_classes = 10;
+  m.info.total_records = n;
+  m.info.shard_count = 2;
+  for (int64_t s = 0; s < 2; ++s) {
+    data::ShardWriter w(dir, m.info, s);
+    const auto [first, count] = data::shard_range(n, 2, s);
+    w.append(imgs.narrow(0, first, count).contiguous().data_ptr<uint8_t>(), labels.narrow(0, first, count).contiguous().data_ptr<int64_t>(), count);
+    m.shards.push_back(w.commit());
+  }
+  data::write_manifest(dir, m);
+}
+
+std::string mpirun(int np) {
+  return fmt::format("OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1 "
+                     "timeout 600 {} --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS -np {} ",
+                     test::mpiexec(), np);
+}
+
+std::vector<Json> read_jsonl(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<Json> out;
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(parse_json(line, path));
+  return out;
+}
+
+double num(const Json& j, const std::string& key) {
+  const Json* v = j.get(key);
+  return v && v->kind == Json::Num ? v->num : std::nan("");
+}
+
+}  // namespace
+
+TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
+  const std::string dir = test::make_temp_dir("train_eval");
+  write_dataset(dir + "/data", 48);
+  const std::string net = test::save_standin_inception(dir + "/inception.pt", false);
+  const std::string run = dir + "/run";
+  const std::string recipe = fmt::format(
+      "fmnist_ict_mlp dataset.path={}/data run.dir={} model.width=64 model.depth=2 train.batch=16 train.log_every=4 "
+      "+method.curriculum_steps=16 train.sample_every=0 checkpoint.every=0 sample.count=4 eval.every_images=64 eval.count=30 eval.batch=10 eval.inception={}",
+      dir, run, net);
+  std::string out;
+  ASSERT_EQ(test::run_command(mpirun(2) + test::cm_binary() + " train " + recipe + " train.steps=12 2>&1", &out), 0) << out;
+  EXPECT_NE(out.find("FID"), std::string::npos) << out;
+
+  // FID lines at 64, 128, 192 images (steps 4, 8, 12), beside the loss lines.
+  std::vector<int64_t> fid_steps;
+  double last = std::nan("");
+  int losses = 0;
+  for (auto& j : read_jsonl(run + "/metrics.jsonl")) {
+    if (j.get("fid")) {
+      fid_steps.push_back(j.at("step", "metrics").integer);
+      last = num(j, "fid");
+      EXPECT_EQ(j.at("fid_samples", "metrics").integer, 30);
+      EXPECT_GT(num(j, "fid"), 0);
+    }
+    if (j.get("loss")) ++losses;
+  }
+  EXPECT_EQ(fid_steps, (std::vector<int64_t>{4, 8, 12}));
+  EXPECT_EQ(losses, 3);
+  auto final_json = parse_json(read_file(run + "/final.json"), "final.json");
+  EXPECT_DOUBLE_EQ(num(final_json, "fid"), last);
+
+  // The cached reference statistics are the dataset's, as `cm eval ref-stats` computes them in one process.
+  ASSERT_TRUE(fs::exists(run + "/eval_ref_stats.npz"));
+  ASSERT_EQ(test::run_command(fmt::format("{} eval ref-stats {}/data --out {}/ref.npz --inception {} --quiet 2>&1", test::cm_binary(), dir, dir, net),
+                              &out), 0) << out;
+  for (const char* k : {"mu", "sigma"})
+    EXPECT_LT((data::read_npz_tensor(run + "/eval_ref_stats.npz", k) - data::read_npz_tensor(dir + "/ref.npz", k)).abs().max().item<double>(), 1e-9)
+        << k;
+
+  // The same FID from the saved EMA through cm sample and cm eval (same seed, count and sample.ts).
+  ASSERT_EQ(test::run_command(fmt::format("{} sample {} --weights {}/ema_0.99.safetensors --count 30 --seed 12345 --out {}/s --quiet 2>&1",
+                                          test::cm_binary(), recipe, run, dir), &out), 0) << out;
+  ASSERT_EQ(test::run_command(fmt::format("{} eval {}/s/samples_30x28x28x1.npz --ref {}/ref.npz --metrics fid --inception {} --json {}/e.json --quiet 2>&1",
+                                          test::cm_binary(), dir, dir, net, dir), &out), 0) << out;
+  const double fid = num(parse_json(read_file(dir + "/e.json"), "e.json"), "fid");
+  EXPECT_NEAR(fid, last, 1e-6 * std::max(1.0, last)) << out;
+
+  // Resumed to 16 steps: the statistics come from the cache, one more FID line at step 16.
+  ASSERT_EQ(test::run_command(mpirun(2) + test::cm_binary() + " train " + recipe + " train.steps=16 2>&1", &out), 0) << out;
+  EXPECT_NE(out.find("statistics cached in"), std::string::npos) << out;
+  fid_steps.clear();
+  for (auto& j : read_jsonl(run + "/metrics.jsonl"))
+    if (j.get("fid")) fid_steps.push_back(j.at("step", "metrics").integer);
+  EXPECT_EQ(fid_steps, (std::vector<int64_t>{4, 8, 12, 16}));
+
+  // A missing Inception file stops the run before training, saying where to get it.
+  ASSERT_NE(test::run_command(test::cm_binary() + " train " + recipe + " train.steps=4 run.dir=" + dir + "/run2 eval.inception=" + dir +
+                                  "/missing.pt 2>&1", &out), 0);
+  EXPECT_NE(out.find("inception-2015-12-05.pt"), std::string::npos) << out;
+  EXPECT_EQ(out.find("step       1"), std::string::npos) << out;
+  fs::remove_all(dir);
+}
