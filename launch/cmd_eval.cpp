@@ -7,10 +7,9 @@
 #include "core/image_metrics.h"   // inception_score, precision_recall
 #include "core/safetensors.h"     // write_file_atomic
 #include "datasets/image_sets.h"  // open_image_set
-#include "distributed/communicator.h"  // Communicator::create
-#include "distributed/guard.h"         // run_guarded: a failing rank aborts the job
-#include "distributed/world.h"         // World::init under mpirun/srun
+#include "distributed/communicator.h"  // comm->rank()
 #include "launch/command.h"
+#include "launch/model_args.h"  // run_on_world
 #include "recipes/evaluation.h"
 
 namespace cm::cli {
@@ -64,7 +63,6 @@ std::set<std::string> parse_metrics(const std::string& s) {
   return out;
 }
 
-torch::Device eval_device() { return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU); }
 
 EvalOptions eval_options(const Args& args) {
   EvalOptions o;
@@ -148,17 +146,7 @@ int run(const std::vector<std::string>& argv) {
   if (wants_help(argv, kHelp)) return 0;
   Args args(argv, {"features", "quiet"});
   args.check_known({"ref", "inception", "metrics", "json", "count", "batch", "splits", "k", "out", "features", "quiet"});
-  if (!dist::launched_by_mpi()) return evaluate(args, nullptr, eval_device());
-  return dist::run_guarded([&] {
-    const dist::World& w = dist::World::init(dist::WorldOptions{});
-    int rc = 0;
-    {
-      auto comm = dist::Communicator::create(w, w.device);
-      rc = evaluate(args, comm->size() > 1 ? comm.get() : nullptr, w.device);
-    }  // the communicator goes before MPI does
-    dist::World::finalize();
-    return rc;
-  });
+  return run_on_world("auto", 600, [&](dist::Communicator* comm, int, torch::Device dev) { return evaluate(args, comm, dev); });
 }
 
 CommandRegistration reg({"eval", "FID, Inception Score and precision/recall of samples (TorchScript Inception)", kHelp, run});

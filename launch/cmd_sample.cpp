@@ -5,9 +5,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 #include "core/image.h"                // samples.png
-#include "distributed/communicator.h"  // Communicator::create
-#include "distributed/guard.h"         // run_guarded: a failing rank aborts the job
-#include "distributed/world.h"         // World::init under mpirun/srun
+#include "distributed/communicator.h"  // comm->size()
 #include "launch/command.h"
 #include "launch/model_args.h"        // --weights/--ema, --ts/--grid/--sigmas, --labels
 #include "recipes/recipe.h"
@@ -66,7 +64,7 @@ void write_picture(const std::string& path, const SampleSet& s, int64_t resoluti
   write_png(path, img);
 }
 
-int sample(const Args& args, Recipe r, int rank, std::shared_ptr<dist::Communicator> comm, torch::Device dev) {
+int sample(const Args& args, Recipe r, int rank, dist::Communicator* comm, torch::Device dev) {
   const SamplingOptions opts = sampling_options(args, r);
   const ModelShape shape = recipe_model_shape(r);
   auto net = build_network(r, shape);
@@ -83,7 +81,7 @@ int sample(const Args& args, Recipe r, int rank, std::shared_ptr<dist::Communica
                                               : fmt::format("sigmas [{}]", fmt::join(opts.sigmas, ", ")));
   std::fflush(stdout);
   Sampler sampler(net, p, shape, opts, dev);
-  SampleSet all = sample_all(sampler, comm.get(), !quiet);
+  SampleSet all = sample_all(sampler, comm, !quiet);
   if (rank != 0) return 0;
   const std::string out = args.opt_or("out", ".");
   const std::string npz = write_sample_npz(out, all);
@@ -100,22 +98,8 @@ int run(const std::vector<std::string>& argv) {
   if (plain.size() != 1) throw std::invalid_argument("expected exactly one RECIPE (see `cm sample --help`)");
   if (!args.opt("weights")) throw std::invalid_argument("--weights FILE|DIR is required (a model.safetensors, ema_<rate>.safetensors, .pt, or a run directory with --ema RATE)");
   Recipe r = Recipe::load(plain[0], args.overrides());
-  if (!dist::launched_by_mpi()) {
-    const torch::Device dev = torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
-    return sample(args, std::move(r), 0, nullptr, dev);
-  }
-  return dist::run_guarded([&] {
-    dist::WorldOptions wo;
-    wo.device = r.train.device;
-    wo.timeout_s = r.train.watchdog_s;
-    const dist::World& w = dist::World::init(wo);
-    int rc = 0;
-    {
-      auto comm = dist::Communicator::create(w, w.device);
-      rc = sample(args, std::move(r), w.rank, comm, w.device);
-    }  // the communicator goes before MPI does
-    dist::World::finalize();
-    return rc;
+  return run_on_world(r.train.device, r.train.watchdog_s, [&](dist::Communicator* comm, int rank, torch::Device dev) {
+    return sample(args, r, rank, comm, dev);
   });
 }
 

@@ -7,12 +7,35 @@
 #include <torch/torch.h>
 #include "core/sampler.h"        // ts_to_sigmas
 #include "core/weights.h"        // load_weights
+#include "distributed/communicator.h"  // Communicator::create
+#include "distributed/guard.h"         // run_guarded: a failing rank aborts the job
+#include "distributed/world.h"         // World::init under mpirun/srun
 #include "recipes/checkpoint.h"  // find_checkpoint, read_checkpoint_tensors, ema_file_name
 #include "recipes/objectives.h"  // load_network_weights
 #include "recipes/recipe.h"
 #include "recipes/sampling.h"
 
 namespace cm::cli {
+
+int run_on_world(const std::string& device, double watchdog_s, const WorldFn& fn) {
+  if (!dist::launched_by_mpi()) {
+    const torch::Device dev = device != "cpu" && torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+    return fn(nullptr, 0, dev);
+  }
+  return dist::run_guarded([&] {
+    dist::WorldOptions wo;
+    wo.device = device;
+    wo.timeout_s = watchdog_s;
+    const dist::World& w = dist::World::init(wo);
+    int rc = 0;
+    {
+      auto comm = dist::Communicator::create(w, w.device);
+      rc = fn(comm->size() > 1 ? comm.get() : nullptr, w.rank, w.device);
+    }  // the communicator goes before MPI does
+    dist::World::finalize();
+    return rc;
+  });
+}
 
 std::vector<double> parse_doubles(const std::string& s, const std::string& what) {
   std::vector<double> out;

@@ -1,6 +1,9 @@
 // Command-line options shared by the commands that run a trained model (`cm sample`, `cm edit`,
 // `cm ts-search`): --weights/--ema, the noise levels (--ts/--grid or --sigmas) and --labels.
 #pragma once
+#include <c10/core/Device.h>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -12,7 +15,17 @@ struct Recipe;
 struct SamplingOptions;
 }  // namespace cm
 
+namespace cm::dist {
+class Communicator;
+}
+
 namespace cm::cli {
+
+// Runs fn(comm, rank, device) in this process alone (comm null, the first GPU if any, else the CPU), or,
+// when launched by mpirun/srun, on every rank of the world with a communicator (its device: the rank's GPU
+// or the CPU per `device` = auto | cpu | cuda); a rank that throws ends the whole job naming itself.
+using WorldFn = std::function<int(dist::Communicator* comm, int rank, c10::Device device)>;
+int run_on_world(const std::string& device, double watchdog_s, const WorldFn& fn);
 
 // "80,0.8" -> {80, 0.8}; throws naming `what` for anything else.
 std::vector<double> parse_doubles(const std::string& s, const std::string& what);

@@ -84,7 +84,12 @@ FloatSamples sample_floats(NetworkImpl& net, const Preconditioning& p, const Mod
     out.x = edm_heun_sample(d, noise(0), opts.edm_steps, p.range, labels);
   } else {
     ConsistencyFn f = [raw, p](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& l) { return precondition(*raw, p, x, t, l); };
-    out.x = consistency_sample(f, opts.sigmas, noise, p.range, labels);
+    // A last level at sigma_min adds no noise, and with the boundary parameterization f(x, eps) = x exactly
+    // (c_skip = 1, c_out = 0): the reference CLI's final ts index N-1 (ts = 0,22,39) costs no evaluation,
+    // as in the reference sampler, which never evaluates its last ts. Two evaluations, not three.
+    std::vector<double> sigmas = opts.sigmas;
+    if (sigmas.size() > 1 && sigmas.back() == p.range.sigma_min && p.boundary_shift) sigmas.pop_back();
+    out.x = consistency_sample(f, sigmas, noise, p.range, labels);
   }
   return out;
 }

@@ -99,6 +99,32 @@ TEST(Sampling, MultistepEndingAtSigmaMinAddsNoNoise) {
   EXPECT_TRUE(torch::equal(x, outputs[2]));
 }
 
+// The reference CLI's ts = 0,k,N-1: the last level (sigma_min) is not evaluated - f(x, eps) = x exactly with the
+// boundary parameterization - so the samples are those of ts = 0,k, bit for bit, at one evaluation less.
+TEST(Sampling, FinalSigmaMinLevelCostsNoEvaluation) {
+  Recipe r = Recipe::load("fmnist_ct", kRecipe);
+  const ModelShape shape = recipe_model_shape(r);
+  auto net = build_network(r, shape);
+  torch::manual_seed(4);
+  {
+    torch::NoGradGuard ng;
+    for (auto& p : net->parameters()) p.normal_(0, 0.2);
+  }
+  net->eval();
+  const Preconditioning p = preconditioning(r);
+  SamplingOptions a, b;
+  a.sigmas = ts_to_sigmas({0, 9, 17}, 18, p.range);
+  b.sigmas = ts_to_sigmas({0, 9}, 18, p.range);
+  a.count = b.count = 3;
+  auto xa = sample_floats(*net, p, shape, a, 0, 3, torch::kCPU).x, xb = sample_floats(*net, p, shape, b, 0, 3, torch::kCPU).x;
+  EXPECT_TRUE(torch::equal(xa, xb));
+  // ... and the evaluation it skips is the identity: f(x, eps) = x.
+  auto x = torch::randn({3, 3, 16, 16});
+  auto labels = torch::zeros({3}, torch::kInt64);
+  torch::NoGradGuard ng;
+  EXPECT_TRUE(torch::equal(precondition(*net, p, x, torch::full({3}, p.range.sigma_min), labels), x));
+}
+
 TEST(Sampling, NoiseLabelsAndShardsAreFunctionsOfTheIndex) {
   const std::vector<int64_t> dims = {3, 4, 4};
   EXPECT_TRUE(torch::equal(sample_noise(7, 5, 1, dims), sample_noise(7, 5, 1, dims)));

@@ -110,6 +110,34 @@ TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
   const double fid = num(parse_json(read_file(dir + "/e.json"), "e.json"), "fid");
   EXPECT_NEAR(fid, last, 1e-6 * std::max(1.0, last)) << out;
 
+  // cm ts-search on the trained model: candidates 1, 4, 7 of a 10-point grid, then every index within 2 of the
+  // best; each FID is the one cm sample + cm eval give for that ts, and 2 ranks find the same figures.
+  const std::string search = fmt::format("{} ts-search {} --weights {}/ema_0.99.safetensors --ref {}/ref.npz --inception {} --grid 10 "
+                                         "--stride 3 --refine --count 20 --batch 10 --quiet",
+                                         test::cm_binary(), recipe, run, dir, net);
+  ASSERT_EQ(test::run_command(search + " --json " + dir + "/ts1.json 2>&1", &out), 0) << out;
+  EXPECT_NE(out.find("best: --ts 0,"), std::string::npos) << out;
+  ASSERT_EQ(test::run_command(mpirun(2) + search + " --json " + dir + "/ts2.json 2>&1", &out), 0) << out;
+  auto ts1 = parse_json(read_file(dir + "/ts1.json"), "ts1"), ts2 = parse_json(read_file(dir + "/ts2.json"), "ts2");
+  const auto& res1 = ts1.at("results", "ts1").arr;
+  const auto& res2 = ts2.at("results", "ts2").arr;
+  ASSERT_GE(res1.size(), 4u);
+  ASSERT_EQ(res1.size(), res2.size());
+  double min_fid = 1e300;
+  for (size_t i = 0; i < res1.size(); ++i) {
+    EXPECT_EQ(res1[i].at("index", "ts").integer, res2[i].at("index", "ts").integer);
+    EXPECT_NEAR(num(res1[i], "fid"), num(res2[i], "fid"), 1e-6 * num(res1[i], "fid"));
+    min_fid = std::min(min_fid, num(res1[i], "fid"));
+  }
+  const Json& best = ts1.at("best", "ts1");
+  EXPECT_EQ(num(best, "fid"), min_fid);
+  const int64_t bi = best.at("index", "best").integer;
+  ASSERT_EQ(test::run_command(fmt::format("{} sample {} --weights {}/ema_0.99.safetensors --count 20 --ts 0,{},9 --grid 10 --out {}/t --quiet 2>&1",
+                                          test::cm_binary(), recipe, run, bi, dir), &out), 0) << out;
+  ASSERT_EQ(test::run_command(fmt::format("{} eval {}/t/samples_20x28x28x1.npz --ref {}/ref.npz --metrics fid --inception {} --json {}/t.json --quiet 2>&1",
+                                          test::cm_binary(), dir, dir, net, dir), &out), 0) << out;
+  EXPECT_NEAR(num(parse_json(read_file(dir + "/t.json"), "t.json"), "fid"), min_fid, 1e-6 * min_fid);
+
   // Resumed to 16 steps: the statistics come from the cache, one more FID line at step 16.
   ASSERT_EQ(test::run_command(mpirun(2) + test::cm_binary() + " train " + recipe + " train.steps=16 2>&1", &out), 0) << out;
   EXPECT_NE(out.find("statistics cached in"), std::string::npos) << out;
