@@ -15,6 +15,7 @@ PACKAGES=(
   python3 python3-numpy python3-torch python3-pil python3-lmdb  # tests make expected values with these
   dataset-fashion-mnist                      # the real dataset of the CPU runs
   slurm-wlm munge                            # the SLURM tests bring up a local cluster (launch/slurm/)
+  chromium fonts-liberation                  # the cm report test renders the page headless
 )
 
 missing=()

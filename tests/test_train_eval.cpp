@@ -10,6 +10,7 @@
 #include "core/json.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
+#include "datasets/image_codec.h"
 #include "datasets/image_sets.h"
 #include "datasets/shards.h"
 #include "support/paths.h"
@@ -70,7 +71,7 @@ TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
   const std::string run = dir + "/run";
   const std::string recipe = fmt::format(
       "fmnist_ict_mlp dataset.path={}/data run.dir={} model.width=64 model.depth=2 train.batch=16 train.log_every=4 "
-      "+method.curriculum_steps=16 train.sample_every=0 checkpoint.every=0 sample.count=4 eval.every_images=64 eval.count=30 eval.batch=10 eval.inception={}",
+      "+method.curriculum_steps=16 train.sample_every=4 checkpoint.every=0 sample.count=4 eval.every_images=64 eval.count=30 eval.batch=10 eval.inception={}",
       dir, run, net);
   std::string out;
   ASSERT_EQ(test::run_command(mpirun(2) + test::cm_binary() + " train " + recipe + " train.steps=12 2>&1", &out), 0) << out;
@@ -145,6 +146,40 @@ TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
   for (auto& j : read_jsonl(run + "/metrics.jsonl"))
     if (j.get("fid")) fid_steps.push_back(j.at("step", "metrics").integer);
   EXPECT_EQ(fid_steps, (std::vector<int64_t>{4, 8, 12, 16}));
+
+  // cm report: one self-contained page that headless Chromium renders without console errors, with the
+  // loss, FID, throughput and schedule charts and every picture decoded.
+  ASSERT_EQ(test::run_command(fmt::format("{} report {} --out {}/report.html 2>&1", test::cm_binary(), run, dir), &out), 0) << out;
+  const std::string html = read_file(dir + "/report.html");
+  EXPECT_EQ(html.find("http://"), html.find("http://www.w3.org/2000/svg")) << "the page must not fetch anything";
+  EXPECT_EQ(html.find("https://"), std::string::npos);
+  int64_t pictures = fs::exists(run + "/samples.png") ? 1 : 0;
+  for (auto& e : fs::directory_iterator(run + "/samples")) pictures += e.path().extension() == ".png";
+  ASSERT_GE(pictures, 4);  // steps 4, 8, 12, 16 and the final one
+  ASSERT_TRUE(fs::exists("/usr/bin/chromium")) << "the report test needs Debian's chromium (launch/setup.sh installs it)";
+  const std::string chrome = fmt::format("timeout 120 /usr/bin/chromium --headless --no-sandbox --disable-gpu --user-data-dir={}/chrome "
+                                         "--enable-logging=stderr --v=0 --virtual-time-budget=5000 ", dir);
+  ASSERT_EQ(test::run_command(fmt::format("{} --dump-dom file://{}/report.html > {}/dom.html 2> {}/chrome.log", chrome, dir, dir, dir), &out), 0)
+      << read_file(dir + "/chrome.log");
+  const std::string dom = read_file(dir + "/dom.html");
+  EXPECT_NE(dom.find(fmt::format("data-pictures=\"{}\"", pictures)), std::string::npos) << dom.substr(0, 2000);
+  EXPECT_NE(dom.find("data-charts=\"5\""), std::string::npos) << "loss, FID, throughput, N, mu";
+  EXPECT_NE(dom.find("FID (in-training"), std::string::npos);
+  EXPECT_EQ(read_file(dir + "/chrome.log").find("CONSOLE"), std::string::npos) << read_file(dir + "/chrome.log");
+  ASSERT_EQ(test::run_command(fmt::format("{} --window-size=1300,3000 --screenshot={}/shot.png file://{}/report.html 2>&1", chrome, dir, dir), &out), 0)
+      << out;
+  const std::string shot = read_file(dir + "/shot.png");
+  data::Image img = data::decode_image(reinterpret_cast<const uint8_t*>(shot.data()), shot.size(), 3, "shot.png");
+  EXPECT_EQ(img.width, 1300);
+  int64_t ink = 0, blue = 0;
+  for (int64_t y = 0; y < img.height; ++y)
+    for (int64_t x = 0; x < img.width; ++x) {
+      const int r = img.at(y, x, 0), g = img.at(y, x, 1), b = img.at(y, x, 2);
+      ink += r + g + b < 600;
+      blue += r < 90 && g > 60 && g < 140 && b > 150;  // the curves' #1f5fbf
+    }
+  EXPECT_GT(ink, img.width * img.height / 50) << "the screenshot is nearly blank";
+  EXPECT_GT(blue, 500) << "no chart curves in the screenshot";
 
   // A missing Inception file stops the run before training, saying where to get it.
   ASSERT_NE(test::run_command(test::cm_binary() + " train " + recipe + " train.steps=4 run.dir=" + dir + "/run2 eval.inception=" + dir +
