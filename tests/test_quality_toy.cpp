@@ -9,6 +9,7 @@
 #include "core/distance.h"
 #include "core/ode.h"
 #include "core/rng.h"
+#include "datasets/image_sets.h"  // read_npz_tensor: cm sample's output
 #include "datasets/toy2d.h"
 #include "recipes/trainer.h"
 #include "support/paths.h"
@@ -29,9 +30,10 @@ double teacher_swd() {
 
 struct Outcome {
   double before = 0, after = 0, two_step = 0, floor = 0;
+  double cli_one_step = -1;  // SW1 of `cm sample --ts 0` of the run's EMA, when asked for
 };
 
-Outcome train(const std::string& recipe, std::vector<std::string> overrides) {
+Outcome train(const std::string& recipe, std::vector<std::string> overrides, bool sample_with_cli = false) {
   static int counter = 0;
   auto dir = test::make_temp_dir("quality");
   overrides.push_back("run.dir=" + dir);
@@ -43,6 +45,18 @@ Outcome train(const std::string& recipe, std::vector<std::string> overrides) {
   o.after = res.quality.at("swd_1step");
   o.two_step = res.quality.count("swd_2step") ? res.quality.at("swd_2step") : 0;
   o.floor = res.quality.at("swd_data_floor");
+  if (sample_with_cli) {
+    // The same bound through the user's path: `cm sample` of the saved sampling EMA, 10,000 one-step points.
+    std::string out;
+    const Recipe r = Recipe::load(recipe, overrides);
+    const std::string cmd = fmt::format("{} sample {} --weights {}/ema_{}.safetensors --ts 0 --count 10000 --batch 2500 --seed 5 --out {}/s --quiet 2>&1",
+                                        test::cm_binary(), recipe, dir, SamplingEmas::rate_name(r.train.ema_rates.at(0)), dir);
+    EXPECT_EQ(test::run_command(cmd, &out), 0) << cmd << "\n" << out;
+    auto pts = data::read_npz_tensor(dir + "/s/samples_10000x2.npz", "arr_0");
+    auto g = cpu_generator(derive_seed(0, 31));
+    o.cli_one_step = sliced_wasserstein(make_toy_mixture("ring").sample(10000, g), pts);
+    std::printf("[quality] %s via cm sample: 1-step %.4f\n", recipe.c_str(), o.cli_one_step);
+  }
   std::filesystem::remove_all(dir);
   std::printf("[quality] %s %s: untrained %.4f -> 1-step %.4f, 2-step %.4f (data floor %.4f)\n", recipe.c_str(),
               ++counter > 0 ? "" : "", o.before, o.after, o.two_step, o.floor);
@@ -74,8 +88,9 @@ TEST_F(ToyQuality, CdFromExactTeacher) {
 }
 
 TEST_F(ToyQuality, ConsistencyTraining) {
-  auto o = train("toy_ct", {});
+  auto o = train("toy_ct", {}, /*sample_with_cli=*/true);
   EXPECT_LT(o.after, kCtFactor * teacher_);
+  EXPECT_LT(o.cli_one_step, kCtFactor * teacher_) << "cm sample of the trained EMA";
   EXPECT_LT(o.after * kBetter, o.before);
 }
 
