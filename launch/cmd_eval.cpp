@@ -37,8 +37,9 @@ arr_0 images of a reference batch (as the reference evaluator), or an image set.
 
 The feature network (--inception FILE, else $CM_INCEPTION, else ~/.cache/cm/inception-2015-12-05.pt) is the
 TorchScript inception-2015-12-05.pt that StyleGAN2-ADA (PyTorch) publishes with its metrics
-(pretrained/metrics/inception-2015-12-05.pt; also what clean-fid loads; EDM and StyleGAN3 use the same network
-from a pickle). It is called as net(images, return_features=True) for features and net(images,
+(https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt; also what
+clean-fid loads; EDM and StyleGAN3 use the same network from a pickle); its sha256 is printed and in --json.
+It is called as net(images, return_features=True) for features and net(images,
 no_output_bias=True) for IS, with uint8 [N, 3, H, W] images (grey ones repeated to 3 channels) that it resizes
 to 299 x 299 itself. It runs on the GPU when there is one. 50,000 images are the papers' convention.
 Under mpirun/srun the images are split over the ranks (rank r of W takes the contiguous r-th W-th of each
@@ -117,6 +118,8 @@ int evaluate(const Args& args, dist::Communicator* comm, torch::Device dev) {
   if (!main_rank) return 0;  // every rank holds the gathered features; rank 0 reports
   EvalResult r;
   r.count = s.stats.count;
+  r.inception_sha256 = net.sha256();
+  fmt::print("inception  {} (sha256 {})\n", net.path(), net.sha256());
   fmt::print("samples    {}\n", s.description);
   if (ref) fmt::print("reference  {}\n", reference.description);
   if (metrics.count("fid")) {

@@ -65,7 +65,9 @@ int search(const Args& args, const Recipe& r, dist::Communicator* comm, torch::D
   so.seed = static_cast<uint64_t>(args.int_or("seed", 0));
   labels_arg(args, so);
   if (so.count < 2) throw std::invalid_argument("--count must be >= 2");
-  if (main && !quiet) fmt::print("ts-search: {} samples per candidate, {}-point grid, against {}\n", so.count, grid, ref.description);
+  if (main && !quiet)
+    fmt::print("ts-search: {} samples per candidate, {}-point grid, against {}; inception {} (sha256 {})\n", so.count, grid, ref.description,
+               fnet.path(), fnet.sha256());
 
   std::vector<Candidate> done;
   auto evaluate = [&](int64_t i) {
@@ -100,8 +102,9 @@ int search(const Args& args, const Recipe& r, dist::Communicator* comm, torch::D
   if (auto j = args.opt("json")) {
     std::string results;
     for (auto& c : done) results += fmt::format("{}{{\"index\": {}, \"sigma\": {:.17g}, \"fid\": {:.17g}}}", results.empty() ? "" : ", ", c.index, c.sigma, c.fid);
-    write_file_atomic(*j, fmt::format("{{\"grid\": {}, \"count\": {}, \"results\": [{}], \"best\": {{\"index\": {}, \"sigma\": {:.17g}, \"fid\": {:.17g}}}}}\n",
-                                      grid, so.count, results, b.index, b.sigma, b.fid));
+    write_file_atomic(*j, fmt::format("{{\"grid\": {}, \"count\": {}, \"inception_sha256\": \"{}\", \"results\": [{}], \"best\": {{\"index\": {}, "
+                                      "\"sigma\": {:.17g}, \"fid\": {:.17g}}}}}\n",
+                                      grid, so.count, fnet.sha256(), results, b.index, b.sigma, b.fid));
     fmt::print("wrote {}\n", *j);
   }
   return 0;

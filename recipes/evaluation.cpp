@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <torch/script.h>  // torch::jit::load: the feature network is TorchScript
 #include <torch/torch.h>
+#include "core/sha256.h"           // names the feature network file
 #include "datasets/image_sets.h"  // npz / dataset / folder images, npz arrays
 #include "datasets/npz.h"         // write_npz
 #include "datasets/progress.h"    // progress line with ETA
@@ -37,10 +38,11 @@ std::string FeatureNetwork::locate(const std::string& option) {
   throw std::runtime_error(fmt::format(
       "the Inception feature network {} ({}) does not exist.\n"
       "cm eval needs inception-2015-12-05.pt: the TorchScript translation of TensorFlow's inception-2015-12-05 graph "
-      "that StyleGAN2-ADA (PyTorch) publishes with its metrics (pretrained/metrics/inception-2015-12-05.pt; clean-fid "
-      "uses the same file, EDM and StyleGAN3 the same network as a pickle, which cm cannot read). Download it once "
+      "that StyleGAN2-ADA (PyTorch) publishes with its metrics (clean-fid uses the same file, EDM and StyleGAN3 the same "
+      "network as a pickle, which cm cannot read). Download it once, on a machine with network access:\n"
+      "  wget https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt\n"
       "and point cm at it with --inception FILE or CM_INCEPTION=FILE, or put it at "
-      "~/.cache/cm/inception-2015-12-05.pt.",
+      "~/.cache/cm/inception-2015-12-05.pt. cm prints the file's sha256 beside every figure it computes with it.",
       path, from));
 }
 
@@ -53,6 +55,7 @@ FeatureNetwork::FeatureNetwork(const std::string& path, torch::Device device) : 
   }
   impl_->module.eval();
   impl_->device = device;
+  sha256_ = sha256_file(path);
 }
 
 FeatureNetwork::~FeatureNetwork() = default;
@@ -207,8 +210,8 @@ void write_reference_stats(const std::string& path, const FeatureStats& stats, c
 
 std::string eval_json(const EvalResult& r) {
   auto num = [](double v) { return std::isfinite(v) ? fmt::format("{:.17g}", v) : std::string("null"); };
-  return fmt::format("{{\"fid\": {}, \"is_mean\": {}, \"is_std\": {}, \"precision\": {}, \"recall\": {}, \"count\": {}}}", num(r.fid),
-                     num(r.is_mean), num(r.is_std), num(r.precision), num(r.recall), r.count);
+  return fmt::format("{{\"fid\": {}, \"is_mean\": {}, \"is_std\": {}, \"precision\": {}, \"recall\": {}, \"count\": {}, \"inception_sha256\": \"{}\"}}",
+                     num(r.fid), num(r.is_mean), num(r.is_std), num(r.precision), num(r.recall), r.count, r.inception_sha256);
 }
 
 }  // namespace cm

@@ -2,8 +2,9 @@
 // (core/fid.h), Inception Score and precision / recall (core/image_metrics.h).
 //
 // The feature network is the TorchScript translation of TensorFlow's inception-2015-12-05 graph that
-// StyleGAN2-ADA (PyTorch) published as metrics/inception-2015-12-05.pt and that EDM, StyleGAN3 and many
-// later papers compute FID with. Its calling convention, as those metrics use it:
+// StyleGAN2-ADA (PyTorch) published as metrics/inception-2015-12-05.pt
+// (https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt) and that
+// EDM, StyleGAN3 and many later papers compute FID with. Its calling convention, as those metrics use it:
 //   features = net(images, return_features=True)   # [N, 2048] pool_3 features (FID, precision/recall)
 //   probs    = net(images, no_output_bias=True)     # [N, 1008] softmax without the output bias (IS, as
 //                                                   #  the original improved-gan implementation)
@@ -38,12 +39,14 @@ class FeatureNetwork {
   torch::Tensor features(const torch::Tensor& nhwc);
   torch::Tensor probabilities(const torch::Tensor& nhwc);
   const std::string& path() const { return path_; }
+  // SHA-256 of the file, printed and stored beside every figure so it names the exact network.
+  const std::string& sha256() const { return sha256_; }
 
  private:
   torch::Tensor call(const torch::Tensor& nhwc, const std::string& flag);
   struct Impl;
   std::unique_ptr<Impl> impl_;
-  std::string path_;
+  std::string path_, sha256_;
 };
 
 struct EvalOptions {
@@ -92,8 +95,10 @@ struct EvalResult {
   static constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
   double fid = kNaN, is_mean = kNaN, is_std = kNaN, precision = kNaN, recall = kNaN;
   int64_t count = 0;
+  std::string inception_sha256;
 };
-// {"fid": .., "is_mean": .., "is_std": .., "precision": .., "recall": .., "count": N}; metrics not computed are null.
+// {"fid": .., "is_mean": .., "is_std": .., "precision": .., "recall": .., "count": N, "inception_sha256": ".."}; metrics not
+// computed are null.
 std::string eval_json(const EvalResult& r);
 
 }  // namespace cm

@@ -337,8 +337,8 @@ void Trainer::setup_eval() {
   }
   const bool use_cache = !stats_file && cached;
   if (is_main() && !opt_.quiet)
-    fmt::print("eval: FID of {} samples every {} images against {}{}\n", e.count, e.every_images, ref,
-               use_cache ? fmt::format(" (statistics cached in {})", cache) : "");
+    fmt::print("eval: FID of {} samples every {} images against {}{}; inception {} (sha256 {})\n", e.count, e.every_images, ref,
+               use_cache ? fmt::format(" (statistics cached in {})", cache) : "", fid_net_->path(), fid_net_->sha256());
   ReferenceSet r = load_reference(use_cache ? cache : ref, *fid_net_, o, false, comm);
   if (is_main() && !stats_file && !use_cache) write_reference_stats(cache, r.stats, torch::Tensor());
   fid_ref_ = std::make_unique<FeatureStats>(r.stats);

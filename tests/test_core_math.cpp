@@ -4,6 +4,8 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include "core/distance.h"
 #include "core/karras.h"
 #include "core/ode.h"
@@ -11,7 +13,9 @@
 #include "core/parameterization.h"
 #include "core/rng.h"
 #include "core/sampler.h"
+#include "core/sha256.h"
 #include "datasets/toy2d.h"
+#include "support/paths.h"
 
 using namespace cm;
 
@@ -279,4 +283,27 @@ TEST(Sampler, MultistepNoiseScales) {
   auto out2 = consistency_sample(identity, {r.sigma_max, 2.0}, noise, r, {});
   EXPECT_TRUE(torch::allclose(out2, z0 * r.sigma_max + std::sqrt(4.0 - r.sigma_min * r.sigma_min) * z1, 0, 1e-12));
   EXPECT_THROW(consistency_sample(identity, {2.0, 3.0}, noise, r, {}), std::invalid_argument);
+}
+
+// SHA-256 (core/sha256.h) on the FIPS 180-4 / NIST test vectors, fed in one piece and in odd pieces, and
+// a file against coreutils' sha256sum.
+TEST(Sha256, KnownVectorsStreamingAndFiles) {
+  EXPECT_EQ(sha256_hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  const std::string two_blocks = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+  EXPECT_EQ(sha256_hex(two_blocks), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  const std::string million(1000000, 'a');
+  EXPECT_EQ(sha256_hex(million), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  Sha256 s;
+  for (size_t i = 0, k = 1; i < million.size(); i += k, k = k % 97 + 13) s.update(million.data() + i, std::min(k, million.size() - i));
+  EXPECT_EQ(s.hex_digest(), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  const std::string dir = cm::test::make_temp_dir("sha");
+  std::string bytes;
+  for (int64_t i = 0; i < 3000001; ++i) bytes += static_cast<char>((i * 7919) % 251);
+  { std::ofstream(dir + "/f.bin", std::ios::binary) << bytes; }
+  std::string out;
+  ASSERT_EQ(cm::test::run_command("sha256sum " + dir + "/f.bin", &out), 0);
+  EXPECT_EQ(sha256_file(dir + "/f.bin"), out.substr(0, 64));
+  EXPECT_THROW(sha256_file(dir + "/missing"), std::runtime_error);
+  std::filesystem::remove_all(dir);
 }

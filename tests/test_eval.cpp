@@ -218,6 +218,11 @@ TEST_F(EvalCmd, ShardedOverRanksAgreesWithOneProcess) {
   auto one = eval(fmt::format(fmt::runtime(args), dir_ + "/s.npz"));
   ASSERT_EQ(one.rc, 0) << one.out;
   ASSERT_GT(num(one, "fid"), 0.1);
+  // The network file is named by its sha256, printed and in the JSON.
+  std::string sum;
+  ASSERT_EQ(test::run_command("sha256sum " + net_, &sum), 0);
+  EXPECT_EQ(one.json.at("inception_sha256", "json").str, sum.substr(0, 64));
+  EXPECT_NE(one.out.find("sha256 " + sum.substr(0, 64)), std::string::npos) << one.out;
   for (int np : {2, 3}) {
     for (const std::string samples : {dir_ + "/s.npz", dir_ + "/s_png"}) {
       auto e = eval(fmt::format(fmt::runtime(args), samples), "", mpirun(np));
