@@ -157,7 +157,7 @@ TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
   for (auto& e : fs::directory_iterator(run + "/samples")) pictures += e.path().extension() == ".png";
   ASSERT_GE(pictures, 4);  // steps 4, 8, 12, 16 and the final one
   ASSERT_TRUE(fs::exists("/usr/bin/chromium")) << "the report test needs Debian's chromium (launch/setup.sh installs it)";
-  const std::string chrome = fmt::format("timeout 120 /usr/bin/chromium --headless --no-sandbox --disable-gpu --user-data-dir={}/chrome "
+  const std::string chrome = fmt::format("timeout 120 /usr/bin/chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --user-data-dir={}/chrome "
                                          "--enable-logging=stderr --v=0 --virtual-time-budget=5000 ", dir);
   ASSERT_EQ(test::run_command(fmt::format("{} --dump-dom file://{}/report.html > {}/dom.html 2> {}/chrome.log", chrome, dir, dir, dir), &out), 0)
       << read_file(dir + "/chrome.log");
