@@ -22,7 +22,8 @@ Writes RUN_DIR/report.html (or FILE): one page with everything inside it - chart
 are embedded PNGs, no scripts or fonts are fetched - so it can be copied off the cluster and opened anywhere:
   - the run: recipe, status (finished, or the last logged step), final figures (final.json), source
     revision, world size, device, host, committed checkpoints
-  - curves from metrics.jsonl: training loss, FID against training images (when [eval] was on),
+  - curves from metrics.jsonl: training loss, FID against training images (when [eval] was on; the recipe's
+    sampling and one step),
     throughput in images/s, and the schedule's quantities (N, mu, ...)
   - sample pictures over time (samples/step_*.png; at most --max-pictures, default 12, evenly spaced,
     always with the last) and the final samples.png
@@ -145,7 +146,7 @@ std::string svg_chart(const std::string& title, const std::string& xlabel, const
 
 struct Metrics {
   std::map<std::string, Series> by_step;  // key -> (step, value) from the loss lines
-  Series fid;                              // (images seen, FID)
+  Series fid, fid_1step;                   // (images seen, FID) with sample.ts, and one step
   int64_t last_step = 0;
   int skipped = 0;  // lines that do not parse (a run killed mid-write)
 };
@@ -167,7 +168,9 @@ Metrics read_metrics(const std::string& path) {
     m.last_step = std::max(m.last_step, step->integer);
     if (const Json* f = j.get("fid"); f && f->kind == Json::Num) {
       const Json* seen = j.get("images_seen");
-      m.fid.emplace_back(seen && seen->kind == Json::Num ? seen->num : step->num, f->num);
+      const double x = seen && seen->kind == Json::Num ? seen->num : step->num;
+      m.fid.emplace_back(x, f->num);
+      if (const Json* f1 = j.get("fid_1step"); f1 && f1->kind == Json::Num) m.fid_1step.emplace_back(x, f1->num);
       continue;
     }
     for (auto& [k, v] : j.obj)
@@ -254,7 +257,8 @@ int run(const std::vector<std::string>& argv) {
     ++charts;
   };
   if (auto it = m.by_step.find("loss"); it != m.by_step.end()) chart("training loss", "step", it->second, true);
-  if (!m.fid.empty()) chart("FID (in-training, [eval])", "training images seen", m.fid, true);
+  if (!m.fid.empty()) chart("FID (in-training, [eval], sample.ts)", "training images seen", m.fid, true);
+  if (!m.fid_1step.empty()) chart("FID, one step (in-training)", "training images seen", m.fid_1step, true);
   if (auto it = m.by_step.find("images_per_sec"); it != m.by_step.end()) chart("throughput (images/s)", "step", it->second, false);
   for (auto& [k, s] : m.by_step)
     if (k != "loss" && k != "images_per_sec") chart("schedule: " + k, "step", s, false);

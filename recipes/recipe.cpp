@@ -116,6 +116,7 @@ static EvalConfig bind_eval(ConfigReader e) {
   c.ref = e.get_string("ref", c.ref);
   c.inception = e.get_string("inception", c.inception);
   c.seed = static_cast<uint64_t>(e.get_int("seed", static_cast<int64_t>(c.seed)));
+  c.one_step = e.get_bool("one_step", c.one_step);
   e.finish();
   if (c.every_images < 0) throw ConfigError("'eval.every_images' must be >= 0 (0 = no FID during training)");
   if (c.enabled() && c.count < 2) throw ConfigError("'eval.count' must be >= 2 (FID needs a covariance)");

@@ -89,6 +89,7 @@ struct EvalConfig {
   std::string ref;           // mu/sigma .npz or an image set; "" = the training dataset (statistics cached in run.dir)
   std::string inception;     // the TorchScript Inception; "" = $CM_INCEPTION or ~/.cache/cm/inception-2015-12-05.pt
   uint64_t seed = 12345;     // sample noise seed, the same at every evaluation (the curve shows the model, not the noise)
+  bool one_step = true;      // also one-step FID ("fid_1step") when sample.ts is multistep
   bool enabled() const { return every_images > 0; }
 };
 

@@ -352,43 +352,57 @@ bool Trainer::eval_due(int64_t step) const {
 double Trainer::evaluate_fid(int64_t step) {
   const EvalConfig& e = recipe_.eval;
   const auto t_start = std::chrono::steady_clock::now();
+  const ModelShape shape = data_->shape();
+  const auto& p = objective_->precond();
   SamplingOptions so;
-  so.sigmas = recipe_sample_sigmas(recipe_);
   so.edm_steps = recipe_.sample.edm_steps;
   so.count = e.count;
   so.seed = e.seed;
   EvalOptions o;
   o.batch = e.batch;
   o.progress = false;
-  const ModelShape shape = data_->shape();
-  const auto& p = objective_->precond();
-  SetFeatures f;
+  // "fid": the recipe's sample.ts (EDM models: Heun); "fid_1step" beside it when sample.ts is multistep and
+  // eval.one_step is on - the paper's two columns.
+  std::vector<std::pair<std::string, std::vector<double>>> passes = {{"fid", recipe_sample_sigmas(recipe_)}};
+  if (e.one_step && p.kind != Preconditioning::Edm && passes[0].second.size() > 1) passes.emplace_back("fid_1step", std::vector<double>{passes[0].second[0]});
+  std::vector<double> fids;
   with_sampling_weights(*objective_, *emas_, [&](NetworkImpl& net) {
     const bool was_training = net.is_training();
     net.eval();
-    ImageRangeFn images = [&](int64_t b, int64_t end) { return to_uint8_reference(sample_floats(net, p, shape, so, b, end, device_).x.cpu()); };
     try {
-      f = compute_features(*fid_net_, e.count, images, o, false, false, opt_.world > 1 ? opt_.comm.get() : nullptr, "samples");
+      for (auto& [key, sigmas] : passes) {
+        so.sigmas = sigmas;
+        ImageRangeFn images = [&](int64_t b, int64_t end) { return to_uint8_reference(sample_floats(net, p, shape, so, b, end, device_).x.cpu()); };
+        SetFeatures f = compute_features(*fid_net_, e.count, images, o, false, false, opt_.world > 1 ? opt_.comm.get() : nullptr, "samples");
+        fids.push_back(frechet_distance(f.stats, *fid_ref_));
+      }
     } catch (...) {
       net.train(was_training);
       throw;
     }
     net.train(was_training);
   });
-  const double fid = frechet_distance(f.stats, *fid_ref_);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   t_last_ += std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(secs));  // img/s counts training only
   last_eval_step_ = step;
-  last_fid_ = fid;
+  last_fid_ = fids[0];
+  last_fid_1step_ = fids.size() > 1 ? fids[1] : std::numeric_limits<double>::quiet_NaN();
   if (is_main()) {
     const std::string weights = emas_->rates().empty() ? "student" : "EMA " + SamplingEmas::rate_name(emas_->rates()[0]);
-    if (!opt_.quiet) fmt::print("step {:>7} | FID {:.4f} ({} samples, {}, {} steps) | {:.1f}s\n", step, fid, e.count, weights, so.sigmas.size(), secs);
+    std::string shown, logged;
+    for (size_t i = 0; i < passes.size(); ++i) {
+      const size_t levels = passes[i].second.size();
+      shown += fmt::format("{}FID {:.4f} ({})", i ? ", " : "", fids[i],
+                           p.kind == Preconditioning::Edm ? "Heun" : fmt::format("{} step{}", levels, levels == 1 ? "" : "s"));
+      logged += fmt::format(", \"{}\": {:.8g}", passes[i].first, fids[i]);
+    }
+    if (!opt_.quiet) fmt::print("step {:>7} | {} | {} samples, {} | {:.1f}s\n", step, shown, e.count, weights, secs);
     std::fflush(stdout);
-    metrics_ << fmt::format("{{\"step\": {}, \"images_seen\": {}, \"fid\": {:.8g}, \"fid_samples\": {}, \"fid_s\": {:.2f}}}\n", step,
-                            step * recipe_.train.batch, fid, e.count, secs);
+    metrics_ << fmt::format("{{\"step\": {}, \"images_seen\": {}{}, \"fid_samples\": {}, \"fid_s\": {:.2f}}}\n", step, step * recipe_.train.batch,
+                            logged, e.count, secs);
     metrics_.flush();
   }
-  return fid;
+  return fids[0];
 }
 
 TrainResult Trainer::run() {
@@ -445,6 +459,7 @@ TrainResult Trainer::run() {
     std::string q;
     for (auto& [k, v] : res.quality) q += fmt::format(", \"{}\": {:.6g}", k, v);
     if (std::isfinite(res.fid)) q += fmt::format(", \"fid\": {:.8g}", res.fid);
+    if (std::isfinite(last_fid_1step_)) q += fmt::format(", \"fid_1step\": {:.8g}", last_fid_1step_);
     write_file_atomic(recipe_.run.dir + "/final.json",
                       fmt::format("{{\"steps\": {}, \"final_loss\": {:.8g}, \"images_per_sec\": {:.1f}{}}}\n", res.steps, res.final_loss,
                                   res.images_per_sec, q));

@@ -95,7 +95,7 @@ class Trainer {
   std::unique_ptr<FeatureNetwork> fid_net_;
   std::unique_ptr<FeatureStats> fid_ref_;
   int64_t last_eval_step_ = -1;
-  double last_fid_ = std::numeric_limits<double>::quiet_NaN();
+  double last_fid_ = std::numeric_limits<double>::quiet_NaN(), last_fid_1step_ = std::numeric_limits<double>::quiet_NaN();
 };
 
 // Samples of a trained model (the objective's student, or weights swapped in): one-step, two-step

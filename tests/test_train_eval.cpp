@@ -79,12 +79,13 @@ TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
 
   // FID lines at 64, 128, 192 images (steps 4, 8, 12), beside the loss lines.
   std::vector<int64_t> fid_steps;
-  double last = std::nan("");
+  double last = std::nan(""), last_1step = std::nan("");
   int losses = 0;
   for (auto& j : read_jsonl(run + "/metrics.jsonl")) {
     if (j.get("fid")) {
       fid_steps.push_back(j.at("step", "metrics").integer);
       last = num(j, "fid");
+      last_1step = num(j, "fid_1step");  // sample.ts = [0, 10] is two steps: the one-step FID comes beside it
       EXPECT_EQ(j.at("fid_samples", "metrics").integer, 30);
       EXPECT_GT(num(j, "fid"), 0);
     }
@@ -94,6 +95,8 @@ TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
   EXPECT_EQ(losses, 3);
   auto final_json = parse_json(read_file(run + "/final.json"), "final.json");
   EXPECT_DOUBLE_EQ(num(final_json, "fid"), last);
+  EXPECT_DOUBLE_EQ(num(final_json, "fid_1step"), last_1step);
+  EXPECT_NE(last, last_1step);
 
   // The cached reference statistics are the dataset's, as `cm eval ref-stats` computes them in one process.
   ASSERT_TRUE(fs::exists(run + "/eval_ref_stats.npz"));
@@ -110,6 +113,11 @@ TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
                                           test::cm_binary(), dir, dir, net, dir), &out), 0) << out;
   const double fid = num(parse_json(read_file(dir + "/e.json"), "e.json"), "fid");
   EXPECT_NEAR(fid, last, 1e-6 * std::max(1.0, last)) << out;
+  ASSERT_EQ(test::run_command(fmt::format("{} sample {} --weights {}/ema_0.99.safetensors --count 30 --seed 12345 --ts 0 --out {}/s1 --quiet 2>&1",
+                                          test::cm_binary(), recipe, run, dir), &out), 0) << out;
+  ASSERT_EQ(test::run_command(fmt::format("{} eval {}/s1/samples_30x28x28x1.npz --ref {}/ref.npz --metrics fid --inception {} --json {}/e1.json --quiet 2>&1",
+                                          test::cm_binary(), dir, dir, net, dir), &out), 0) << out;
+  EXPECT_NEAR(num(parse_json(read_file(dir + "/e1.json"), "e1.json"), "fid"), last_1step, 1e-6 * std::max(1.0, last_1step));
 
   // cm ts-search on the trained model: candidates 1, 4, 7 of a 10-point grid, then every index within 2 of the
   // best; each FID is the one cm sample + cm eval give for that ts, and 2 ranks find the same figures.
@@ -163,7 +171,7 @@ TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
       << read_file(dir + "/chrome.log");
   const std::string dom = read_file(dir + "/dom.html");
   EXPECT_NE(dom.find(fmt::format("data-pictures=\"{}\"", pictures)), std::string::npos) << dom.substr(0, 2000);
-  EXPECT_NE(dom.find("data-charts=\"5\""), std::string::npos) << "loss, FID, throughput, N, mu";
+  EXPECT_NE(dom.find("data-charts=\"6\""), std::string::npos) << "loss, FID, one-step FID, throughput, N, mu";
   EXPECT_NE(dom.find("FID (in-training"), std::string::npos);
   EXPECT_EQ(read_file(dir + "/chrome.log").find("CONSOLE"), std::string::npos) << read_file(dir + "/chrome.log");
   ASSERT_EQ(test::run_command(fmt::format("{} --window-size=1300,3000 --screenshot={}/shot.png file://{}/report.html 2>&1", chrome, dir, dir), &out), 0)
