@@ -40,8 +40,6 @@ Writes DIR/edit_<TASK>.png (rows: input, its known part, result; interpolate: on
 DIR/edit_<TASK>.npz ('arr_0' the results as uint8 NHWC, 'inputs' the known parts). Noise of image i at step s
 comes from (--seed, i, s) as in cm sample. Runs in one process, on the GPU when there is one.)";
 
-torch::Device device() { return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU); }
-
 // The first `count` images of `path` as float NCHW in [-1, 1] with `channels` channels.
 torch::Tensor read_inputs(const std::string& path, int64_t count, int64_t channels) {
   auto set = data::open_image_set(path);
@@ -95,7 +93,7 @@ int run(const std::vector<std::string>& argv) {
 
   auto net = build_network(r, shape);
   load_weights_arg(*net, *args.opt("weights"), args.opt("ema"));
-  const torch::Device dev = device();
+  const torch::Device dev = single_process_device(r.train.device);
   net->to(dev);
   net->eval();
   const Preconditioning p = preconditioning(r);
@@ -112,19 +110,10 @@ int run(const std::vector<std::string>& argv) {
   int64_t cols = 0;
   torch::Tensor labels;
   auto make_labels = [&](int64_t n) {
-    if (shape.num_classes <= 0) return torch::Tensor();
-    auto l = torch::empty({n}, torch::kInt64);
-    for (int64_t i = 0; i < n; ++i) l[i] = sample_label(so, i, shape.num_classes);
-    return l.to(dev);
+    return shape.num_classes > 0 ? sample_labels(so, 0, n, shape.num_classes, dev) : torch::Tensor();
   };
   const std::vector<int64_t> dims = {ch, res, res};
-  auto noise_for = [&](int64_t n) {
-    return [&, n](int64_t step) {
-      std::vector<torch::Tensor> z;
-      for (int64_t i = 0; i < n; ++i) z.push_back(sample_noise(so.seed, i, step, dims));
-      return torch::stack(z).to(dev);
-    };
-  };
+  auto noise_for = [&](int64_t n) { return [&, n](int64_t step) { return sample_noise_batch(so.seed, 0, n, step, dims, dev); }; };
 
   if (task == "interpolate") {
     const int64_t frames = args.int_or("frames", 8);

@@ -17,11 +17,12 @@
 
 namespace cm::cli {
 
+c10::Device single_process_device(const std::string& device) {
+  return device != "cpu" && torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+}
+
 int run_on_world(const std::string& device, double watchdog_s, const WorldFn& fn) {
-  if (!dist::launched_by_mpi()) {
-    const torch::Device dev = device != "cpu" && torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
-    return fn(nullptr, 0, dev);
-  }
+  if (!dist::launched_by_mpi()) return fn(nullptr, 0, single_process_device(device));
   return dist::run_guarded([&] {
     dist::WorldOptions wo;
     wo.device = device;

@@ -24,6 +24,8 @@ namespace cm::cli {
 // Runs fn(comm, rank, device) in this process alone (comm null, the first GPU if any, else the CPU), or,
 // when launched by mpirun/srun, on every rank of the world with a communicator (its device: the rank's GPU
 // or the CPU per `device` = auto | cpu | cuda); a rank that throws ends the whole job naming itself.
+// One process's device: the first GPU when this LibTorch sees one (and `device` is not "cpu"), else the CPU.
+c10::Device single_process_device(const std::string& device = "auto");
 using WorldFn = std::function<int(dist::Communicator* comm, int rank, c10::Device device)>;
 int run_on_world(const std::string& device, double watchdog_s, const WorldFn& fn);
 

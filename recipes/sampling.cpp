@@ -35,6 +35,20 @@ int64_t sample_label(const SamplingOptions& opts, int64_t index, int64_t num_cla
   return static_cast<int64_t>(derive_seed(opts.seed, kLabelStream, static_cast<uint64_t>(index)) % static_cast<uint64_t>(num_classes));
 }
 
+torch::Tensor sample_noise_batch(uint64_t seed, int64_t begin, int64_t end, int64_t step, const std::vector<int64_t>& dims, torch::Device device) {
+  std::vector<torch::Tensor> rows;
+  rows.reserve(static_cast<size_t>(end - begin));
+  for (int64_t i = begin; i < end; ++i) rows.push_back(sample_noise(seed, i, step, dims));
+  return torch::stack(rows).to(device);
+}
+
+torch::Tensor sample_labels(const SamplingOptions& opts, int64_t begin, int64_t end, int64_t num_classes, torch::Device device) {
+  auto labels = torch::empty({end - begin}, torch::kInt64);
+  auto* l = labels.data_ptr<int64_t>();
+  for (int64_t i = begin; i < end; ++i) l[i - begin] = sample_label(opts, i, num_classes);
+  return labels.to(device);
+}
+
 IndexRange shard_range(int64_t count, int64_t rank, int64_t world) {
   if (world < 1 || rank < 0 || rank >= world) throw std::invalid_argument(fmt::format("shard_range: rank {} of {}", rank, world));
   return {count * rank / world, count * (rank + 1) / world};
@@ -64,18 +78,11 @@ FloatSamples sample_floats(NetworkImpl& net, const Preconditioning& p, const Mod
   torch::NoGradGuard ng;
   std::vector<int64_t> dims = {shape.channels};
   if (shape.resolution > 0) dims.insert(dims.end(), {shape.resolution, shape.resolution});
-  auto noise = [&](int64_t step) {
-    std::vector<torch::Tensor> rows;
-    rows.reserve(static_cast<size_t>(end - begin));
-    for (int64_t i = begin; i < end; ++i) rows.push_back(sample_noise(opts.seed, i, step, dims));
-    return torch::stack(rows).to(device);
-  };
+  auto noise = [&](int64_t step) { return sample_noise_batch(opts.seed, begin, end, step, dims, device); };
   FloatSamples out;
   torch::Tensor labels;
   if (shape.num_classes > 0) {
-    out.labels = torch::empty({end - begin}, torch::kInt64);
-    auto* l = out.labels.data_ptr<int64_t>();
-    for (int64_t i = begin; i < end; ++i) l[i - begin] = sample_label(opts, i, shape.num_classes);
+    out.labels = sample_labels(opts, begin, end, shape.num_classes, torch::kCPU);
     labels = out.labels.to(device);
   }
   NetworkImpl* raw = &net;

@@ -46,6 +46,9 @@ struct SamplingOptions {
 torch::Tensor sample_noise(uint64_t seed, int64_t index, int64_t step, const std::vector<int64_t>& dims);
 // The class label of sample `index` under `opts` for a model of `num_classes` classes.
 int64_t sample_label(const SamplingOptions& opts, int64_t index, int64_t num_classes);
+// The same for indices [begin, end): noise stacked to [end - begin, dims...] and labels int64 [end - begin], on `device`.
+torch::Tensor sample_noise_batch(uint64_t seed, int64_t begin, int64_t end, int64_t step, const std::vector<int64_t>& dims, torch::Device device);
+torch::Tensor sample_labels(const SamplingOptions& opts, int64_t begin, int64_t end, int64_t num_classes, torch::Device device);
 
 // Float samples of indices [begin, end) (images NCHW in [-1, 1] as the network gives them, or [n, C]
 // points) and their labels (undefined for unconditional models), on `device`: consistency sampling on
