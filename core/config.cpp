@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -465,9 +466,19 @@ double ConfigReader::get_double(const std::string& key, double def) {
   impl_->known.insert(key);
   auto* n = lookup(impl_->table, key);
   if (!n) return def;
-  if (auto v = n->as_floating_point()) return v->get();
+  if (auto v = n->as_floating_point()) {
+    // TOML has nan and inf literals; no setting of ours means them, and one would only surface steps later.
+    if (!std::isfinite(v->get())) throw ConfigError(fmt::format("'{}' = {} must be a finite number", key_path(key), render(*n)));
+    return v->get();
+  }
   if (auto v = n->as_integer()) return static_cast<double>(v->get());
   wrong_type(key_path(key), "a number", *n);
+}
+
+double ConfigReader::get_fraction(const std::string& key, double def) {
+  const double v = get_double(key, def);
+  if (!(v >= 0 && v < 1)) throw ConfigError(fmt::format("'{}' = {} must be in [0, 1)", key_path(key), v));
+  return v;
 }
 
 bool ConfigReader::get_bool(const std::string& key, bool def) {
@@ -513,8 +524,9 @@ std::vector<double> ConfigReader::get_double_list(const std::string& key, const 
   auto* n = lookup(impl_->table, key);
   if (!n) return def;
   return get_list_impl<double>(n, key_path(key), "numbers", [](const toml::node& e) -> std::optional<double> {
-    if (e.is_integer() || e.is_floating_point()) return e.value<double>();
-    return std::nullopt;
+    if (e.is_integer()) return e.value<double>();
+    if (e.is_floating_point() && std::isfinite(*e.value<double>())) return e.value<double>();
+    return std::nullopt;  // not a number, or nan / inf: "must be numbers" names the entry
   });
 }
 

@@ -80,6 +80,7 @@ class ConfigReader {
 
   int64_t get_int(const std::string& key, int64_t def);
   double get_double(const std::string& key, double def);  // integers are accepted as doubles
+  double get_fraction(const std::string& key, double def);  // a number in [0, 1) (dropout rates)
   bool get_bool(const std::string& key, bool def);
   std::string get_string(const std::string& key, const std::string& def);
   std::vector<int64_t> get_int_list(const std::string& key, const std::vector<int64_t>& def);

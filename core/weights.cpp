@@ -76,7 +76,7 @@ void load_weights(torch::nn::Module& m, const NamedTensors& tensors, const std::
 
   std::map<std::string, torch::Tensor> given;
   std::vector<std::string> duplicates, unexpected, mis_shaped, missing;
-  std::vector<std::string> unexpected_lines, mis_shaped_lines, missing_lines;
+  std::vector<std::string> unexpected_lines, mis_shaped_lines, missing_lines, mis_typed, mis_typed_lines;
   for (auto& [full, t] : tensors) {
     if (!opt.prefix.empty() && full.rfind(opt.prefix, 0) != 0) continue;
     const std::string n = full.substr(opt.prefix.size());
@@ -89,6 +89,14 @@ void load_weights(torch::nn::Module& m, const NamedTensors& tensors, const std::
       mis_shaped.push_back(n);
       mis_shaped_lines.push_back(fmt::format("    {}: file {}, network {}", n, t.defined() ? shape_str(t) : "undefined",
                                              shape_str(it->second)));
+    } else if (t.scalar_type() != it->second.scalar_type() &&
+               !(c10::isFloatingType(t.scalar_type()) && c10::isFloatingType(it->second.scalar_type()))) {
+      // Floating kinds convert (an fp16 or bf16 export loads into fp32 parameters, as torch's
+      // load_state_dict does); anything else (I32 into a float parameter, a float into an integer
+      // buffer) is not these weights, and a value conversion would load garbage without a word.
+      mis_typed.push_back(n);
+      mis_typed_lines.push_back(fmt::format("    {}: file {}, network {}", n, c10::toString(t.scalar_type()),
+                                            c10::toString(it->second.scalar_type())));
     }
   }
   for (auto& [n, t] : own)
@@ -98,16 +106,19 @@ void load_weights(torch::nn::Module& m, const NamedTensors& tensors, const std::
     }
 
   const bool bad_missing = !missing.empty() && !opt.allow_missing;
-  if (bad_missing || !unexpected.empty() || !mis_shaped.empty() || !duplicates.empty()) {
-    std::string msg = fmt::format("{}{}: the weights do not fit the network ({} missing, {} unexpected, {} mis-shaped; "
+  if (bad_missing || !unexpected.empty() || !mis_shaped.empty() || !mis_typed.empty() || !duplicates.empty()) {
+    std::string msg = fmt::format("{}{}: the weights do not fit the network ({} missing, {} unexpected, {} mis-shaped{}; "
                                   "the file has {} entries{}, the network {})",
                                   origin, opt.prefix.empty() ? "" : fmt::format(" (prefix '{}')", opt.prefix),
-                                  bad_missing ? missing.size() : 0, unexpected.size(), mis_shaped.size(), given.size(),
+                                  bad_missing ? missing.size() : 0, unexpected.size(), mis_shaped.size(),
+                                  mis_typed.empty() ? "" : fmt::format(", {} of another dtype", mis_typed.size()), given.size(),
                                   opt.prefix.empty() ? "" : " under the prefix", own.size());
     if (bad_missing) msg += "\n  missing (in the network, not in the file):\n" + fmt::format("{}", fmt::join(missing_lines, "\n"));
     if (!unexpected.empty())
       msg += "\n  unexpected (in the file, not in the network):\n" + fmt::format("{}", fmt::join(unexpected_lines, "\n"));
     if (!mis_shaped.empty()) msg += "\n  mis-shaped:\n" + fmt::format("{}", fmt::join(mis_shaped_lines, "\n"));
+    if (!mis_typed.empty())
+      msg += "\n  of another dtype (only floating kinds convert):\n" + fmt::format("{}", fmt::join(mis_typed_lines, "\n"));
     if (!duplicates.empty()) msg += fmt::format("\n  duplicated in the file: {}", fmt::join(duplicates, ", "));
     msg += prefix_hint(unexpected, bad_missing ? missing : std::vector<std::string>{}, own_names);
     if (!bad_missing) missing.clear();

@@ -94,6 +94,7 @@ struct Slot {
   int64_t seq = -1;
   std::vector<uint8_t> raw;          // HDF5 I/O: the batch's pixels [b, H, W, C]
   std::vector<const uint8_t*> src;   // where image i's pixels are (in `raw`, or in a shard's mapping)
+  std::vector<int64_t> index;        // image i's global record index (direct I/O: for its checksum)
   std::vector<uint8_t> flips;  // [b]
   torch::Tensor x, labels;
   int pending = 0;
@@ -166,6 +167,10 @@ struct ShardedLoader::Impl {
   std::vector<int64_t> offsets;
   std::vector<ShardReader> readers;  // HDF5 I/O
   std::vector<int64_t> labels;       // all labels (when returned)
+  // Direct I/O: every record's checksum by global index (8 bytes a record), checked by the conversion
+  // threads as they read the pixels; empty when a shard has none (format version 1). Through HDF5 the
+  // ShardReader checks them itself.
+  std::vector<uint64_t> checksums;
   bool direct = false, with_labels = false;
   int64_t n = 0, batch = 0, local = 0, per_epoch = 0, img = 0;
   std::unique_ptr<ThreadPool> pool;
@@ -205,6 +210,7 @@ struct ShardedLoader::Impl {
   void populate(int64_t index);
   bool hint_batch(int64_t seq);
   void convert_part(Slot& s, int64_t begin, int64_t end);
+  void check_record(int64_t index, const uint8_t* bytes) const;
   torch::Tensor batch_tensor();
 };
 
@@ -219,14 +225,21 @@ void ShardedLoader::Impl::open_dataset() {
   // Every shard is opened and checked against the manifest now, so a missing, unreadable, truncated or
   // stale shard stops the run at start-up with its name, not hours later.
   bool all_direct = o.io != "hdf5";
+  size_t unchecked_shards = 0;
   std::vector<std::optional<int64_t>> direct_offsets;
   for (const auto& e : man.shards) {
     const std::string path = (fs::path(o.dir) / e.file).string();
     ShardReader r(path);
     r.check_against(man);
     shard_first.push_back(e.first_record);
+    const auto& sums = r.record_checksums();
+    unchecked_shards += sums.empty();
+    checksums.insert(checksums.end(), sums.begin(), sums.end());
     if (with_labels) {
       auto l = r.read_labels();
+      if (crc32_update(0, l.data(), l.size() * sizeof(int64_t)) != e.labels_crc32)
+        throw std::runtime_error(fmt::format("{}: its labels do not match their CRC32 in the manifest (corrupt); `cm data verify {}` "
+                                             "checks every shard", path, o.dir));
       for (int64_t v : l)
         if (v < 0 || v >= d.num_classes)
           throw std::runtime_error(fmt::format("{}: label {} outside 0..{}", path, v, d.num_classes - 1));
@@ -242,6 +255,13 @@ void ShardedLoader::Impl::open_dataset() {
     readers.push_back(std::move(r));
   }
   shard_first.push_back(n);
+  if (unchecked_shards > 0) {
+    checksums.clear();  // some shards have none: check none
+    if (o.rank == 0)
+      fmt::print(stderr, "note: {} of the {} shards in {} have no per-record checksums (shard format version 1): a record "
+                 "damaged on disk is not caught while training; `cm data verify` still checks whole shards, and converting "
+                 "again adds them\n", unchecked_shards, man.shards.size(), o.dir);
+  }
   direct = all_direct;
   if (direct) {
     readers.clear();  // HDF5 is not needed any more
@@ -330,6 +350,7 @@ void ShardedLoader::Impl::fill(Slot& s, int64_t seq) {
   s.flips.resize(size_t(local));
   for (int64_t i = 0; i < local; ++i) s.flips[size_t(i)] = o.random_flip && flip_of(o.seed, epoch, idx[i]);
   s.src.resize(size_t(local));
+  s.index.assign(idx, idx + local);
   if (direct) {
     // Zero-copy: the conversion threads read straight from the mappings; this thread maps this batch's
     // pages in and, while the data comes from disk, asks the kernel to read the next batch ahead. Warm
@@ -387,8 +408,19 @@ void ShardedLoader::Impl::convert_part(Slot& s, int64_t begin, int64_t end) {
   const auto& d = man.info;
   float* x = s.x.data_ptr<float>();
   const int64_t per = d.channels * d.height * d.width;
-  for (int64_t i = begin; i < end; ++i)
+  for (int64_t i = begin; i < end; ++i) {
+    if (direct && !checksums.empty()) check_record(s.index[size_t(i)], s.src[size_t(i)]);
     to_chw_float(s.src[size_t(i)], x + i * per, d.height, d.width, d.channels, s.flips[size_t(i)] != 0);
+  }
+}
+
+// The bytes of record `index` as read from its shard's mapping against the checksum written with them.
+void ShardedLoader::Impl::check_record(int64_t index, const uint8_t* bytes) const {
+  if (record_checksum(bytes, size_t(img)) == checksums[size_t(index)]) return;
+  auto [sh, local_index] = locate(index);
+  throw std::runtime_error(fmt::format("shard '{}': record {} (global index {}) is corrupt: its bytes do not match their "
+                                       "checksum; `cm data verify {}` lists every damaged record, reconvert or restore the shard",
+                                       (fs::path(o.dir) / man.shards[sh].file).string(), local_index, index, o.dir));
 }
 
 void ShardedLoader::Impl::io_loop() {

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -39,6 +40,8 @@ uint32_t crc32_update(uint32_t crc, const void* data, size_t n) {
 }
 
 std::string crc_hex(uint32_t crc) { return fmt::format("{:08x}", crc); }
+
+uint64_t record_checksum(const void* data, size_t n) { return XXH3_64bits(data, n); }
 
 std::string DatasetInfo::difference(const DatasetInfo& o) const {
   auto cmp = [](const char* what, const auto& a, const auto& b) -> std::string {
@@ -97,10 +100,11 @@ static void read_header(hid_t file, const std::string& where, DatasetInfo& d, Sh
   if (format != kShardFormat)
     throw std::runtime_error(fmt::format("{}: attribute format is '{}', expected '{}'", where, format, kShardFormat));
   const int64_t version = h5_read_int_attr(file, "format_version", where);
-  if (version != kShardFormatVersion)
-    throw std::runtime_error(fmt::format("{}: shard format version {} is not supported (this build reads {}); "
+  if (version < kShardFormatOldestReadable || version > kShardFormatVersion)
+    throw std::runtime_error(fmt::format("{}: shard format version {} is not supported (this build reads {} to {}); "
                                          "convert the dataset again with this build",
-                                         where, version, kShardFormatVersion));
+                                         where, version, kShardFormatOldestReadable, kShardFormatVersion));
+  s.format_version = version;
   d.name = h5_read_string_attr(file, "name", where);
   d.source_format = h5_read_string_attr(file, "source_format", where);
   d.source = h5_read_string_attr(file, "source", where);
@@ -126,6 +130,7 @@ struct ShardWriter::Impl {
   ShardInfo shard;
   std::string final_path, tmp_path;
   H5Handle file, images, labels;
+  std::vector<uint64_t> checksums;  // per record, written at commit
   int64_t pos = 0;
   bool committed = false;
 };
@@ -205,6 +210,8 @@ void ShardWriter::append(const uint8_t* images, const int64_t* labels, int64_t n
   const hsize_t full[4] = {0, hsize_t(m.info.height), hsize_t(m.info.width), hsize_t(m.info.channels)};
   write_rows(m.images, H5T_NATIVE_UINT8, 4, full, m.pos, n, images, where);
   m.shard.images_crc32 = crc32_update(m.shard.images_crc32, images, size_t(n) * m.info.image_bytes());
+  for (int64_t i = 0; i < n; ++i)
+    m.checksums.push_back(record_checksum(images + i * m.info.image_bytes(), size_t(m.info.image_bytes())));
   if (labels) {
     for (int64_t i = 0; i < n; ++i)
       if (labels[i] < 0 || labels[i] >= m.info.num_classes)
@@ -222,6 +229,15 @@ ShardInfo ShardWriter::commit() {
   auto& m = *impl_;
   if (m.pos != m.shard.records)
     throw std::logic_error(fmt::format("{}: commit after {} of {} records", m.tmp_path, m.pos, m.shard.records));
+  {
+    const hsize_t cdims[1] = {hsize_t(m.shard.records)};
+    H5Handle cspace(h5(H5Screate_simple(1, cdims, nullptr), m.tmp_path), H5Sclose);
+    H5Handle cs(h5(H5Dcreate2(m.file, "record_xxh3", H5T_STD_U64LE, cspace, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                   m.tmp_path + ": creating /record_xxh3"),
+                H5Dclose);
+    h5(H5Dwrite(cs, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, m.checksums.data()), m.tmp_path + ": writing /record_xxh3");
+    cs.close_checked(m.tmp_path + ": closing /record_xxh3");
+  }
   write_header(m.file, m.info, m.shard, m.tmp_path);
   m.labels.close_checked(m.tmp_path + ": closing /labels");
   m.images.close_checked(m.tmp_path + ": closing /images");
@@ -244,6 +260,7 @@ struct ShardReader::Impl {
   DatasetInfo info;
   ShardInfo shard;
   H5Handle file, images, labels;
+  std::vector<uint64_t> checksums;  // per record (version >= 2)
 };
 
 ShardReader::ShardReader(const std::string& path) : impl_(std::make_unique<Impl>()) {
@@ -275,6 +292,25 @@ ShardReader::ShardReader(const std::string& path) : impl_(std::make_unique<Impl>
       throw std::runtime_error(fmt::format("{}: /labels has shape [{}], expected [{}]", path, fmt::join(ldims, ", "),
                                            m.shard.records));
   }
+  if (m.shard.format_version >= 2) {
+    H5Handle cs(h5(H5Dopen2(m.file, "record_xxh3", H5P_DEFAULT), path + ": opening /record_xxh3"), H5Dclose);
+    if (h5_dims(cs, path + ": /record_xxh3") != std::vector<hsize_t>{hsize_t(m.shard.records)})
+      throw std::runtime_error(fmt::format("{}: /record_xxh3 does not have one entry per record ({})", path, m.shard.records));
+    m.checksums.resize(size_t(m.shard.records));
+    h5(H5Dread(cs, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, m.checksums.data()), path + ": reading /record_xxh3");
+  }
+}
+
+const std::vector<uint64_t>& ShardReader::record_checksums() const { return impl_->checksums; }
+
+void ShardReader::check_record(int64_t local_index, const uint8_t* bytes) const {
+  const auto& m = *impl_;
+  if (m.checksums.empty()) return;
+  const uint64_t have = record_checksum(bytes, size_t(m.info.image_bytes()));
+  if (have != m.checksums[size_t(local_index)])
+    throw std::runtime_error(fmt::format("shard '{}': record {} (global index {}) is corrupt: its bytes do not match their "
+                                         "checksum; `cm data verify` lists every damaged record, reconvert or restore the shard",
+                                         m.path, local_index, m.shard.first_record + local_index));
 }
 
 ShardReader::~ShardReader() = default;
@@ -314,6 +350,11 @@ std::vector<int64_t> ShardReader::read_labels() const {
 }
 
 void ShardReader::read_images(int64_t first, int64_t n, uint8_t* out) const {
+  read_unchecked(first, n, out);
+  for (int64_t i = 0; i < n && !impl_->checksums.empty(); ++i) check_record(first + i, out + i * impl_->info.image_bytes());
+}
+
+void ShardReader::read_unchecked(int64_t first, int64_t n, uint8_t* out) const {
   const auto& m = *impl_;
   if (first < 0 || n < 0 || first + n > m.shard.records)
     throw std::out_of_range(fmt::format("{}: records {}..{} outside 0..{}", m.path, first, first + n - 1, m.shard.records - 1));
@@ -371,7 +412,7 @@ std::optional<int64_t> ShardReader::direct_offset() const {
   return a0;
 }
 
-std::pair<uint32_t, uint32_t> ShardReader::compute_checksums() const {
+std::pair<uint32_t, uint32_t> ShardReader::compute_checksums(std::vector<int64_t>* bad_records) const {
   const auto& m = *impl_;
   const int64_t img = m.info.image_bytes();
   const int64_t block = std::max<int64_t>(1, (8 << 20) / std::max<int64_t>(img, 1));
@@ -379,8 +420,10 @@ std::pair<uint32_t, uint32_t> ShardReader::compute_checksums() const {
   uint32_t ic = 0;
   for (int64_t i = 0; i < m.shard.records; i += block) {
     const int64_t n = std::min(block, m.shard.records - i);
-    read_images(i, n, buf.data());
+    read_unchecked(i, n, buf.data());
     ic = crc32_update(ic, buf.data(), size_t(n * img));
+    for (int64_t k = 0; k < n && bad_records && !m.checksums.empty(); ++k)
+      if (record_checksum(buf.data() + k * img, size_t(img)) != m.checksums[size_t(i + k)]) bad_records->push_back(i + k);
   }
   uint32_t lc = 0;
   if (m.info.labelled()) {
@@ -439,9 +482,11 @@ Manifest read_manifest(const std::string& dir) {
     if (h.size() != 8 || *end) throw std::runtime_error(fmt::format("{}: '{}' must be 8 hex digits", path, key));
     return uint32_t(v);
   };
-  if (str(j, "format") != kShardFormat || num(j, "format_version") != kShardFormatVersion)
-    throw std::runtime_error(fmt::format("{}: format '{}' version {} is not '{}' version {} (convert the dataset again)", path,
-                                         str(j, "format"), num(j, "format_version"), kShardFormat, kShardFormatVersion));
+  if (str(j, "format") != kShardFormat || num(j, "format_version") < kShardFormatOldestReadable ||
+      num(j, "format_version") > kShardFormatVersion)
+    throw std::runtime_error(fmt::format("{}: format '{}' version {} is not '{}' version {} to {} (convert the dataset again)", path,
+                                         str(j, "format"), num(j, "format_version"), kShardFormat, kShardFormatOldestReadable,
+                                         kShardFormatVersion));
   Manifest m;
   auto& d = m.info;
   d.name = str(j, "name");
@@ -548,7 +593,17 @@ std::vector<std::string> verify_dataset(const std::string& dir, bool progress) {
     try {
       ShardReader r(path);
       r.check_against(m);
-      auto [ic, lc] = r.compute_checksums();
+      std::vector<int64_t> bad;
+      auto [ic, lc] = r.compute_checksums(&bad);
+      if (!bad.empty()) {
+        std::vector<std::string> first;
+        for (size_t k = 0; k < std::min<size_t>(bad.size(), 10); ++k) first.push_back(std::to_string(bad[k]));
+        problems.push_back(fmt::format("{}: {} record(s) fail their checksum (local indices {}{})", path, bad.size(),
+                                       fmt::join(first, ", "), bad.size() > first.size() ? ", ..." : ""));
+      }
+      if (r.record_checksums().empty() && progress)
+        fmt::print(stderr, "note: {} is of format version 1, without per-record checksums (training cannot catch a damaged "
+                   "record as it reads it; convert again to get them)\n", path);
       if (ic != e.images_crc32)
         problems.push_back(fmt::format("{}: image bytes have CRC32 {}, the manifest says {} (data corrupted)", path,
                                        crc_hex(ic), crc_hex(e.images_crc32)));

@@ -3,7 +3,11 @@
 // A shard holds /images uint8 [N, H, W, C] (one chunk per image, unfiltered) and, when labelled,
 // /labels int64 [N]. Its root group carries the attributes below (format name + version, the record
 // range it covers, the image geometry, class count, source, preprocessing and CRC32 checksums of its
-// image and label bytes), so a shard describes itself even without the manifest. The manifest lists every
+// image and label bytes), so a shard describes itself even without the manifest. Since format version 2,
+// /record_xxh3 uint64 [N] holds the XXH3-64 of every image's bytes, so that a record corrupted on disk
+// is caught when it is read (ShardReader::read_images, the loader), naming shard and record, not only
+// by `cm data verify`; XXH3 runs at memory speed, CRC32 would cost a third of the loader's rate.
+// Version 1 shards (no per-record checksums) are still read. The manifest lists every
 // shard with its record count, checksums and file size; it is written last, so a directory with a
 // manifest is complete. Shards are written to a temporary name and renamed when done.
 //
@@ -23,7 +27,8 @@
 namespace cm::data {
 
 inline constexpr const char* kShardFormat = "cm-image-shards";
-inline constexpr int64_t kShardFormatVersion = 1;
+inline constexpr int64_t kShardFormatVersion = 2;
+inline constexpr int64_t kShardFormatOldestReadable = 1;  // version 1: no /record_xxh3
 inline constexpr const char* kManifestName = "manifest.json";
 
 // What the whole dataset is; the same in every shard and in the manifest.
@@ -53,6 +58,7 @@ struct ShardInfo {
   uint32_t labels_crc32 = 0;  // CRC32 of the /labels int64 little-endian bytes (0 when unlabelled)
   int64_t file_bytes = 0;     // size of the committed file
   std::string file;           // file name inside the dataset directory
+  int64_t format_version = kShardFormatVersion;  // of the shard file (the manifest does not say)
 };
 
 struct Manifest {
@@ -66,6 +72,7 @@ std::string shard_file_name(const std::string& name, int64_t index, int64_t coun
 std::pair<int64_t, int64_t> shard_range(int64_t total, int64_t shards, int64_t index);
 
 uint32_t crc32_update(uint32_t crc, const void* data, size_t n);
+uint64_t record_checksum(const void* data, size_t n);  // XXH3-64, as /record_xxh3 stores it
 std::string crc_hex(uint32_t crc);
 
 // Writes one shard: records are appended in order, commit() writes the attributes, flushes, fsyncs and
@@ -104,12 +111,19 @@ class ShardReader {
   void check_against(const Manifest& m) const;
 
   std::vector<int64_t> read_labels() const;                          // [records] (empty when unlabelled)
-  void read_images(int64_t first, int64_t n, uint8_t* out) const;    // via HDF5, records local to the shard
+  // Via HDF5, records local to the shard; each record is checked against its checksum (version >= 2).
+  void read_images(int64_t first, int64_t n, uint8_t* out) const;
+  // The per-record checksums (empty for a version 1 shard) and the check of one record's bytes, which
+  // throws naming the shard, the record (local and global index) and how to find the extent of damage.
+  const std::vector<uint64_t>& record_checksums() const;
+  void check_record(int64_t local_index, const uint8_t* bytes) const;
   // Byte offset of image 0 in the file when image i lies at offset + i * image_bytes (one unfiltered
   // chunk per image in record order, or a contiguous dataset), checked through HDF5; nullopt otherwise.
   std::optional<int64_t> direct_offset() const;
-  // CRC32 of all image bytes and of all label bytes, read through HDF5 (what `cm data verify` checks).
-  std::pair<uint32_t, uint32_t> compute_checksums() const;
+  void read_unchecked(int64_t first, int64_t n, uint8_t* out) const;
+  // CRC32 of all image bytes and of all label bytes, read through HDF5 (what `cm data verify` checks);
+  // the local indices of records that fail their own checksum go to *bad_records.
+  std::pair<uint32_t, uint32_t> compute_checksums(std::vector<int64_t>* bad_records = nullptr) const;
 
  private:
   struct Impl;

@@ -2,6 +2,7 @@
 #include "distributed/preemption.h"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstring>
@@ -15,12 +16,16 @@ namespace {
 std::atomic<int> g_signal{0};  // lock-free, so async-signal-safe to store into
 static_assert(std::atomic<int>::is_always_lock_free);
 
+// Every stop request means the same thing, however often and whenever it comes: the checkpoint of the
+// current step, then exit code 75. A repeated signal (a second Ctrl-C, SLURM's SIGTERM after its SIGUSR1,
+// mpirun forwarding twice) must not turn a clean stop into a kill while that checkpoint is being written;
+// a rank that truly hangs is ended by the watchdog, and SIGKILL remains for whoever insists.
 void on_signal(int sig) {
   int expected = 0;
-  if (!g_signal.compare_exchange_strong(expected, sig) && sig == SIGTERM) {
-    // Asked twice: stop waiting for the step boundary.
-    ::signal(SIGTERM, SIG_DFL);
-    ::raise(SIGTERM);
+  if (!g_signal.compare_exchange_strong(expected, sig)) {
+    static const char msg[] = "cm: already stopping: the checkpoint of the current step is being committed, then exit 75\n";
+    ssize_t ignored = ::write(STDERR_FILENO, msg, sizeof msg - 1);  // async-signal-safe
+    (void)ignored;
   }
 }
 
@@ -37,6 +42,7 @@ void install_preemption_handlers() {
   sa.sa_flags = SA_RESTART;  // a signal must not make an in-flight write or MPI call fail with EINTR
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGUSR1, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);  // Ctrl-C: the same clean stop
 }
 
 int preemption_signal() { return g_signal.load(); }

@@ -1,4 +1,4 @@
-// Preemption: SIGTERM or SIGUSR1 asks a job to stop cleanly. The signal handler only sets a flag; the
+// Preemption: SIGTERM, SIGUSR1 or SIGINT (Ctrl-C) asks a job to stop cleanly. The signal handler only sets a flag; the
 // trainer asks at every step boundary whether any rank got it (an all-reduce of the flag, so all ranks
 // stop after the same step even when the signal reached only some of them), writes a checkpoint and
 // exits with kExitPreempted, which a batch script uses to requeue the job:
@@ -21,8 +21,9 @@ class Communicator;
 
 constexpr int kExitPreempted = 75;
 
-// Installs the SIGTERM and SIGUSR1 handlers (idempotent). A second SIGTERM while the first is being
-// handled is left to the default action (the process ends; committed checkpoints are safe anyway).
+// Installs the SIGTERM, SIGUSR1 and SIGINT handlers (idempotent; `cm train` does it first thing, so a
+// signal during start-up is a stop request too). Every one of them, and any repeat, asks for the same
+// clean stop: the checkpoint of the current step, then kExitPreempted.
 void install_preemption_handlers();
 // Number of the first signal received on this rank, 0 if none.
 int preemption_signal();

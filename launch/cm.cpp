@@ -1,7 +1,10 @@
 // `cm`: the command-line program of the framework. Dispatches to the registered subcommands.
 #include <fmt/format.h>
+#include <signal.h>
+
 #include <exception>
 #include "core/config.h"
+#include "distributed/preemption.h"  // `cm train` handles the stop signals
 #include "launch/command.h"
 
 static void print_usage() {
@@ -27,6 +30,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::vector<std::string> rest(argv + 2, argv + argc);
+  // The `cm` front (cm_launcher.c) started this program with SIGTERM, SIGINT and SIGUSR1 blocked: `cm train`
+  // installs its stop handlers first, then a signal that came during start-up is delivered to them; every
+  // other command gets the default actions back at once.
+  if (name == "train") cm::install_preemption_handlers();
+  sigset_t stop;
+  sigemptyset(&stop);
+  for (int s : {SIGTERM, SIGINT, SIGUSR1}) sigaddset(&stop, s);
+  sigprocmask(SIG_UNBLOCK, &stop, nullptr);
   try {
     return it->second.run(rest);
   } catch (const cm::ConfigError& e) {

@@ -71,6 +71,7 @@ EvalOptions eval_options(const Args& args) {
   o.max_images = args.int_or("count", 0);
   o.progress = !args.flag("quiet");
   if (o.batch < 1) throw std::invalid_argument("--batch must be >= 1");
+  if (args.opt("count") && o.max_images < 1) throw std::invalid_argument(fmt::format("--count {}: must be >= 1 (or leave it out for the whole set)", o.max_images));
   return o;
 }
 
@@ -99,6 +100,8 @@ int evaluate(const Args& args, dist::Communicator* comm, torch::Device dev) {
   if (!ref && (metrics.count("fid") || metrics.count("pr"))) throw std::invalid_argument("fid and pr need --ref REF (see `cm eval --help`)");
   const EvalOptions o = eval_options(args);
   const int64_t splits = args.int_or("splits", 10), k = args.int_or("k", 3);
+  if (splits < 1) throw std::invalid_argument(fmt::format("--splits {}: must be >= 1", splits));
+  if (k < 1) throw std::invalid_argument(fmt::format("--k {}: the k of k-nearest-neighbour precision/recall must be >= 1", k));
 
   const bool main_rank = !comm || comm->rank() == 0;
   FeatureNetwork net(FeatureNetwork::locate(args.opt_or("inception", "")), dev);

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fmt/format.h>
+#include <unistd.h>
 #include <torch/torch.h>
 #include "core/image.h"                // samples.png
 #include "distributed/communicator.h"  // comm->size()
@@ -39,6 +40,8 @@ Options:
   --batch B      samples per network forward on each rank (default 64)
   --seed S       noise seed (default 0)
   --labels L     class-conditional models: random (default), balanced (index % classes), or a class K
+  --no-clip      do not clip each denoised estimate to [-1, 1] before re-noising (default: clip, as the
+                 reference samplers; the recipe's sample.clip = false turns it off too)
   --quiet        no progress line)";
 
 SamplingOptions sampling_options(const Args& args, const Recipe& r) {
@@ -48,6 +51,7 @@ SamplingOptions sampling_options(const Args& args, const Recipe& r) {
   o.count = args.int_or("count", r.sample.count);
   o.batch = args.int_or("batch", 64);
   o.seed = static_cast<uint64_t>(args.int_or("seed", 0));
+  o.clip_denoised = clip_arg(args, r);
   labels_arg(args, o);
   return o;
 }
@@ -64,9 +68,23 @@ void write_picture(const std::string& path, const SampleSet& s, int64_t resoluti
   write_png(path, img);
 }
 
+// The whole set is gathered on rank 0 and written as one .npz: refuse at once what cannot fit, instead
+// of sampling for hours and failing (or swapping) at the end.
+void check_count(const SamplingOptions& o, const ModelShape& shape) {
+  if (o.count < 1) throw std::invalid_argument(fmt::format("--count {}: need at least one sample", o.count));
+  if (o.batch < 1) throw std::invalid_argument(fmt::format("--batch {}: must be >= 1", o.batch));
+  const double per = shape.resolution > 0 ? double(shape.channels * shape.resolution * shape.resolution) : 4.0 * double(shape.channels);
+  const double need = double(o.count) * (per + 8), memory = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGESIZE));
+  if (need > 0.5 * memory)
+    throw std::invalid_argument(fmt::format("--count {}: the set ({:.1f} GB) is kept on rank 0 and written as one .npz, more than half "
+                                            "of this machine's memory ({:.1f} GB); sample fewer (the paper's FID uses 50,000)",
+                                            o.count, need / 1e9, memory / 1e9));
+}
+
 int sample(const Args& args, Recipe r, int rank, dist::Communicator* comm, torch::Device dev) {
   const SamplingOptions opts = sampling_options(args, r);
   const ModelShape shape = recipe_model_shape(r);
+  check_count(opts, shape);
   auto net = build_network(r, shape);
   load_weights_arg(*net, *args.opt("weights"), args.opt("ema"));
   net->to(dev);

@@ -29,9 +29,10 @@ Restarting the same command continues from the newest committed checkpoint (resu
 exactly as if the run had not stopped; resume=PATH picks a checkpoint (or run directory), resume=never
 refuses to start over a run directory that has checkpoints. On resume the config must equal the saved
 one except checkpoint.*, run.*, sample.*, train.steps, logging and device keys; a mismatch names them.
-On SIGTERM or SIGUSR1 (SLURM: --signal=USR1@180; under mpirun signal mpirun with SIGUSR1) every rank
-stops after the same step, the checkpoint of that step is committed, and cm exits with code 75
-(EX_TEMPFAIL: requeue the job and run the same command). `cm export CKPT --ema RATE` extracts weights.
+On SIGTERM, SIGUSR1 or SIGINT (Ctrl-C; SLURM: --signal=USR1@180; under mpirun signal mpirun with SIGUSR1)
+every rank stops after the same step, the checkpoint of that step is committed, and cm exits with code 75
+(EX_TEMPFAIL: requeue the job and run the same command); a repeated signal changes nothing, one during
+start-up stops before the first step, one after the last step lets the finished run end with 0. `cm export CKPT --ema RATE` extracts weights.
 
 Options:  --quiet   no progress lines)";
 

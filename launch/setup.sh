@@ -11,6 +11,7 @@ PACKAGES=(
   libhdf5-dev                                # dataset shards
   libtomlplusplus-dev libfmt-dev zlib1g-dev  # configs, formatting, PNG/zip
   libjpeg-dev libpng-dev libwebp-dev liblmdb-dev  # dataset converters
+  libxxhash-dev                              # per-record checksums of the dataset shards
   libgtest-dev                               # tests
   python3 python3-numpy python3-torch python3-pil python3-lmdb  # tests make expected values with these
   dataset-fashion-mnist                      # the real dataset of the CPU runs

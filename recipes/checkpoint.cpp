@@ -366,18 +366,26 @@ int CheckpointCoordinator::step_end(int64_t done) {
   if (is_main() && pending_.valid() && pending_.wait_for(std::chrono::seconds(0)) == std::future_status::ready) pending_.get();
   const auto& dbg = recipe_.debug;
   if (dbg.signal_rank == opt_.rank && dbg.signal_step == done) ::raise(SIGUSR1);  // through the real handler
-  const int sig = agree_on_preemption(opt_.comm);
-  if (sig != 0) {
-    if (last_saved_ != done) save(done, /*wait=*/true);
-    else wait();
-    if (is_main())
-      fmt::print(stderr, "cm train: stopping after step {} on {}: checkpoint {}/{} is committed; exiting with code {} (run the "
-                 "same command to continue)\n", done, signal_name(sig), dir_, checkpoint_dir_name(done), kExitPreempted);
-    return sig;
-  }
+  if (int sig = stop_if_requested(done)) return sig;
   const int64_t every = recipe_.checkpoint.every;
   if (every > 0 && done % every == 0) save(done, !recipe_.checkpoint.async);
   return 0;
+}
+
+int CheckpointCoordinator::stop_if_requested(int64_t done) {
+  const int sig = agree_on_preemption(opt_.comm);
+  if (sig == 0) return 0;
+  // A fresh run asked to stop before its first step has nothing to save: the same command starts it again.
+  if (done > 0 && last_saved_ != done) save(done, /*wait=*/true);
+  else wait();
+  if (!is_main()) return sig;
+  if (done == 0)
+    fmt::print(stderr, "cm train: stopping before the first step on {}: nothing to checkpoint yet; exiting with code {} (run the same "
+               "command to start)\n", signal_name(sig), kExitPreempted);
+  else
+    fmt::print(stderr, "cm train: stopping after step {} on {}: checkpoint {}/{} is committed; exiting with code {} (run the "
+               "same command to continue)\n", done, signal_name(sig), dir_, checkpoint_dir_name(done), kExitPreempted);
+  return sig;
 }
 
 void CheckpointCoordinator::finish(int64_t done) {
@@ -402,6 +410,13 @@ int64_t CheckpointCoordinator::resume() {
                                       "resume=auto to continue", dir_, dirs.back().second));
     } else if (mode == "auto") {
       info = newest_valid_checkpoint(dir_, &skipped);
+      // Checkpoints exist and none verifies: starting from step 0 over them would quietly throw away the
+      // run (and later overwrite its step numbers); the user decides.
+      if (!info && !skipped.empty())
+        throw std::runtime_error(fmt::format(
+            "resume = \"auto\", but no checkpoint in {} verifies ({} skipped: {}). To start this run over, move {} aside "
+            "(or use another run.dir); to continue from a checkpoint elsewhere, give resume=PATH",
+            dir_, skipped.size(), fmt::join(skipped, "; "), dir_));
     } else {
       info = find_checkpoint(mode, &skipped);
     }

@@ -93,6 +93,10 @@ class CheckpointCoordinator {
   // the checkpoint of this step is committed: the trainer then stops and the program exits with
   // kExitPreempted (distributed/preemption.h).
   int step_end(int64_t done);
+  // Collective: whether any rank was asked to stop (SIGTERM, SIGUSR1, SIGINT); if so, commits the
+  // checkpoint of step `done` unless it exists (or done = 0) and returns the signal. step_end calls it;
+  // the trainer also calls it once before the first step, for a signal that came during start-up.
+  int stop_if_requested(int64_t done);
   // Hook after the last step: a checkpoint of the final state unless this step already has one.
   void finish(int64_t done);
   // All ranks call it at the same step; rank 0 writes. wait = true returns after the commit.

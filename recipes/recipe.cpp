@@ -45,6 +45,15 @@ static TrainConfig bind_train(ConfigReader t) {
   if (c.batch <= 0) throw ConfigError("'train.batch' must be positive");
   if (c.micro_batches <= 0) throw ConfigError("'train.micro_batches' must be positive");
   if (c.log_every <= 0) throw ConfigError("'train.log_every' must be positive");
+  const auto& o = c.optimizer;
+  if (!(o.lr > 0)) throw ConfigError(fmt::format("'train.lr' = {} must be positive", o.lr));
+  if (!(o.beta1 >= 0 && o.beta1 < 1) || !(o.beta2 >= 0 && o.beta2 < 1))
+    throw ConfigError(fmt::format("'train.beta1' = {} and 'train.beta2' = {} must be in [0, 1)", o.beta1, o.beta2));
+  if (!(o.eps > 0)) throw ConfigError(fmt::format("'train.adam_eps' = {} must be positive", o.eps));
+  if (c.threads < 0) throw ConfigError(fmt::format("'train.threads' = {} must be >= 0 (0 = cores / ranks on the node)", c.threads));
+  if (c.watchdog_s < 0) throw ConfigError(fmt::format("'train.watchdog_s' = {} must be >= 0 (0 = no watchdog)", c.watchdog_s));
+  if (c.sample_every < 0) throw ConfigError(fmt::format("'train.sample_every' = {} must be >= 0 (0 = only at the end)", c.sample_every));
+  if (c.check_every < 0) throw ConfigError(fmt::format("'train.check_every' = {} must be >= 0 (0 = only at the end)", c.check_every));
   for (double r : c.ema_rates)
     if (!(r >= 0 && r < 1)) throw ConfigError(fmt::format("'train.ema_rates' entry {} is not in [0, 1)", r));
   return c;

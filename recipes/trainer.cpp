@@ -17,6 +17,7 @@
 #include "distributed/communicator.h"  // the rank's device
 #include "distributed/consistency.h"   // check_same_on_all_ranks
 #include "distributed/guard.h"         // set_step: the step named by watchdog and abort messages
+#include "distributed/preemption.h"    // a stop request that came after the last step
 #include "distributed/reducer.h"       // bucketed, overlapped gradient averaging
 #include "distributed/timeline.h"      // optional Chrome trace of the phases of a step
 #include "recipes/checkpoint.h"       // checkpoints, resume, preemption
@@ -423,6 +424,13 @@ TrainResult Trainer::run() {
   }
   t0_ = t_last_ = std::chrono::steady_clock::now();
   last_logged_step_ = start_step_;
+  if (int sig = checkpoints_->stop_if_requested(start_step_)) {  // asked to stop while starting up
+    TrainResult res;
+    res.steps = start_step_;
+    res.run_dir = recipe_.run.dir;
+    res.preempted_by = sig;
+    return res;
+  }
   for (int64_t step = start_step_; step < tc.steps; ++step) {
     last_loss_ = train_step(step);
     if (!std::isfinite(last_loss_))
@@ -442,6 +450,9 @@ TrainResult Trainer::run() {
     }
   }
   check_ranks_identical(tc.steps);
+  if (is_main() && preemption_signal() != 0)
+    fmt::print(stderr, "cm train: {} arrived after the last step: the run is complete, finishing it (exit code 0)\n",
+               signal_name(preemption_signal()));
   checkpoints_->finish(tc.steps);  // the final state, written while the samples and figures are made
   if (recipe_.eval.enabled() && last_eval_step_ != tc.steps) evaluate_fid(tc.steps);
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();

@@ -251,7 +251,7 @@ NetworkPtr build_adm(ConfigReader& cfg, const ModelShape& shape) {
   o.use_scale_shift_norm = cfg.get_bool("use_scale_shift_norm", false);
   o.resblock_updown = cfg.get_bool("resblock_updown", false);
   o.conv_resample = cfg.get_bool("conv_resample", true);
-  o.dropout = cfg.get_double("dropout", 0.0);
+  o.dropout = cfg.get_fraction("dropout", 0.0);
   const bool learn_sigma = cfg.get_bool("learn_sigma", false);
   const bool class_cond = cfg.get_bool("class_cond", false);
   o.out_channels = learn_sigma ? 2 * o.in_channels : o.in_channels;

@@ -49,7 +49,7 @@ NetworkPtr build_mlp(ConfigReader& cfg, const ModelShape& shape) {
   o.width = cfg.get_int("width", o.width);
   o.depth = cfg.get_int("depth", o.depth);
   o.emb_dim = cfg.get_int("emb_dim", o.emb_dim);
-  o.dropout = cfg.get_double("dropout", o.dropout);
+  o.dropout = cfg.get_fraction("dropout", o.dropout);
   if (o.width <= 0 || o.depth < 0 || o.emb_dim <= 0)
     throw ConfigError(cfg.key_path("width/depth/emb_dim") + " must be positive");
   // Flattened images: fine for the 2-core CPU runs on 28x28 Fashion-MNIST (784 inputs), wasteful beyond.

@@ -241,8 +241,8 @@ NetworkPtr build_ncsnpp(ConfigReader& cfg, const ModelShape& shape) {
   o.channel_mult_emb = cfg.get_int("channel_mult_emb", o.channel_mult_emb);
   o.num_blocks = cfg.get_int("num_blocks", o.num_blocks);
   o.attn_resolutions = cfg.get_int_list("attn_resolutions", o.attn_resolutions);
-  o.dropout = cfg.get_double("dropout", o.dropout);
-  o.label_dropout = cfg.get_double("label_dropout", o.label_dropout);
+  o.dropout = cfg.get_fraction("dropout", o.dropout);
+  o.label_dropout = cfg.get_fraction("label_dropout", o.label_dropout);
   o.embedding_type = cfg.get_choice("embedding_type", o.embedding_type, {"fourier", "positional"});
   o.channel_mult_noise = cfg.get_int("channel_mult_noise", o.channel_mult_noise);
   o.encoder_type = cfg.get_choice("encoder_type", o.encoder_type, {"standard", "skip", "residual"});
