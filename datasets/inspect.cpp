@@ -111,13 +111,14 @@ std::vector<std::string> shard_paths(const std::string& dir) {
 }  // namespace
 
 LoaderBench bench_loader(const std::string& dir, int64_t batch, double seconds, int64_t threads, const std::string& io,
-                         bool flip) {
+                         bool flip, bool check_records) {
   LoaderOptions o;
   o.dir = dir;
   o.global_batch = batch;
   o.threads = threads;
   o.io = io;
   o.random_flip = flip;
+  o.check_records = check_records;
   ShardedLoader loader(o);
   const int64_t image_bytes = loader.manifest().info.image_bytes();
   for (int i = 0; i < 2; ++i) loader.next();

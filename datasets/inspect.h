@@ -23,7 +23,7 @@ struct LoaderBench {
 };
 // Runs a ShardedLoader (rank 0 of 1) for about `seconds` after two warm-up batches.
 LoaderBench bench_loader(const std::string& dir, int64_t batch, double seconds, int64_t threads, const std::string& io,
-                         bool flip);
+                         bool flip, bool check_records = true);
 
 struct ReadBench {
   int64_t bytes = 0;

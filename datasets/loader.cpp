@@ -233,7 +233,7 @@ void ShardedLoader::Impl::open_dataset() {
     r.check_against(man);
     shard_first.push_back(e.first_record);
     const auto& sums = r.record_checksums();
-    unchecked_shards += sums.empty();
+    unchecked_shards += sums.empty() && o.check_records;
     checksums.insert(checksums.end(), sums.begin(), sums.end());
     if (with_labels) {
       auto l = r.read_labels();
@@ -255,6 +255,7 @@ void ShardedLoader::Impl::open_dataset() {
     readers.push_back(std::move(r));
   }
   shard_first.push_back(n);
+  if (!o.check_records) checksums.clear();
   if (unchecked_shards > 0) {
     checksums.clear();  // some shards have none: check none
     if (o.rank == 0)

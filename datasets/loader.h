@@ -42,6 +42,7 @@ struct LoaderOptions {
   int64_t threads = 2;      // conversion workers
   int64_t prefetch = 4;     // batches in flight
   std::string io = "auto";  // auto (direct where possible) | direct (required) | hdf5 (always through HDF5)
+  bool check_records = true;  // verify each record's checksum as it is read (off only to measure its cost)
   torch::Device device = torch::kCPU;
 };
 

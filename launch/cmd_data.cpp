@@ -38,9 +38,10 @@ const char* kHelp = R"(Usage: cm data SUBCOMMAND ...
       Check every shard against the manifest: shapes, counts, sizes, CRC32 of images and labels.
   show DIR --out grid.png [--count 64] [--cols 8] [--seed 0]
       PNG grid of random images with their labels (record index when unlabelled).
-  bench DIR [--batch 256] [--seconds 5] [--threads 2] [--io auto|direct|hdf5] [--cold] [--no-flip]
+  bench DIR [--batch 256] [--seconds 5] [--threads 2] [--io auto|direct|hdf5] [--cold] [--no-flip] [--no-checksums]
       Images/s of the loader alone and bytes/s of a plain sequential read of the same shards.
-      --cold drops the shards from the page cache before each measurement.
+      --cold drops the shards from the page cache before each measurement; --no-checksums skips the
+      per-record checksum check that training does (to measure its cost).
   selftest make DIR --count N [--shards S] [--side 8] [--classes 10]
   selftest run DIR --batch B --batches K --out PREFIX [--seed S] [--flip] [--restore FILE]
                    [--save-cursor FILE --save-at K]
@@ -141,8 +142,8 @@ int cmd_show(const std::vector<std::string>& argv) {
 }
 
 int cmd_bench(const std::vector<std::string>& argv) {
-  Args a(argv, {"cold", "no-flip"});
-  a.check_known({"batch", "seconds", "threads", "io", "cold", "no-flip"});
+  Args a(argv, {"cold", "no-flip", "no-checksums"});
+  a.check_known({"batch", "seconds", "threads", "io", "cold", "no-flip", "no-checksums"});
   auto p = need_positional(a, 2, "bench DIR");
   const std::string dir = p[1];
   const double seconds = a.double_or("seconds", 5);
@@ -152,13 +153,14 @@ int cmd_bench(const std::vector<std::string>& argv) {
   auto raw = data::bench_raw_read(dir, seconds, /*repeat=*/!cold);
   if (cold) data::evict_page_cache(dir);
   auto l = data::bench_loader(dir, a.int_or("batch", 256), seconds, a.int_or("threads", 2), a.opt_or("io", "auto"),
-                              !a.flag("no-flip"));
+                              !a.flag("no-flip"), !a.flag("no-checksums"));
   fmt::print("dataset      {} ({} images {}x{}x{}, {} bytes each){}\n", m.info.name, m.info.total_records, m.info.height,
              m.info.width, m.info.channels, m.info.image_bytes(), cold ? ", cold page cache" : "");
   fmt::print("raw read     {:.1f} MB/s  ({} MB in {:.2f} s, sequential read() of the shard files)\n", raw.bytes_per_s / 1e6,
              raw.bytes / 1000000, raw.seconds);
-  fmt::print("loader       {:.0f} images/s = {:.1f} MB/s of pixels  ({} images in {:.2f} s, {} I/O, float NCHW output)\n",
-             l.images_per_s, l.bytes_per_s / 1e6, l.images, l.seconds, l.direct ? "direct" : "HDF5");
+  fmt::print("loader       {:.0f} images/s = {:.1f} MB/s of pixels  ({} images in {:.2f} s, {} I/O, float NCHW output, {})\n",
+             l.images_per_s, l.bytes_per_s / 1e6, l.images, l.seconds, l.direct ? "direct" : "HDF5",
+             a.flag("no-checksums") ? "record checksums not checked" : "record checksums checked");
   fmt::print("loader CPU   {:.1f} us per image over all threads ({:.2f} cores busy)\n", 1e6 * l.cpu_seconds / double(l.images),
              l.cpu_seconds / l.seconds);
   fmt::print("ratio        loader / raw read = {:.1f} %\n", 100.0 * l.bytes_per_s / raw.bytes_per_s);
