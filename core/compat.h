@@ -2,6 +2,7 @@
 #pragma once
 #include <torch/torch.h>
 #include <torch/version.h>
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
@@ -23,6 +24,38 @@ inline torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const 
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   auto w = torch::matmul(q, k.transpose(-2, -1)).mul_(scale);
   return torch::matmul(torch::softmax(w.to(torch::kFloat), -1).to(q.scalar_type()), v);
+#endif
+}
+
+// ---- Autocast (core/precision.h) ----
+// 2.4 took the device type as an argument (set_autocast_enabled(device, on)); 1.13 has one function per
+// device (set_enabled for CUDA, set_cpu_enabled for CPU). Only CPU and CUDA are used here.
+inline bool autocast_enabled(torch::DeviceType d) {
+#if CM_TORCH_AT_LEAST(2, 4)
+  return at::autocast::is_autocast_enabled(d);
+#else
+  return d == torch::kCUDA ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
+#endif
+}
+inline torch::ScalarType autocast_dtype(torch::DeviceType d) {
+#if CM_TORCH_AT_LEAST(2, 4)
+  return at::autocast::get_autocast_dtype(d);
+#else
+  return d == torch::kCUDA ? at::autocast::get_autocast_gpu_dtype() : at::autocast::get_autocast_cpu_dtype();
+#endif
+}
+inline void set_autocast(torch::DeviceType d, bool on, torch::ScalarType dtype) {
+#if CM_TORCH_AT_LEAST(2, 4)
+  at::autocast::set_autocast_enabled(d, on);
+  at::autocast::set_autocast_dtype(d, dtype);
+#else
+  if (d == torch::kCUDA) {
+    at::autocast::set_enabled(on);
+    at::autocast::set_autocast_gpu_dtype(dtype);
+  } else {
+    at::autocast::set_cpu_enabled(on);
+    at::autocast::set_autocast_cpu_dtype(dtype);
+  }
 #endif
 }
 

@@ -38,7 +38,9 @@ double CtCurriculum::target_ema(int64_t k) const {
 }
 
 int64_t IctCurriculum::steps_per_stage() const {
-  const double stages = std::floor(std::log2(std::floor(static_cast<double>(s1) / static_cast<double>(s0)))) + 1.0;
+  // The paper's K' = floor(K / (log2 floor(s1/s0) + 1)): no floor on the log2 (with one, a 10 -> 300
+  // curriculum would spread 5 stages over K and never reach N = 301).
+  const double stages = std::log2(std::floor(static_cast<double>(s1) / static_cast<double>(s0))) + 1.0;
   return std::max<int64_t>(1, static_cast<int64_t>(std::floor(static_cast<double>(total_steps) / stages)));
 }
 

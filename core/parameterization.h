@@ -10,10 +10,12 @@
 namespace cm {
 
 // c_noise(t): "adm" = 1000 * 0.25 * ln(t + 1e-44) (ADM UNet, positional embedding);
-// "log" = 0.25 * ln(t) (NCSN++ with Fourier embedding, CIFAR-10 JAX code and EDM's EDMPrecond);
-// "ve" = ln(t / 2) (EDM's VEPrecond, the CIFAR-10 EDM teacher).
-enum class NoiseLabel { Adm, Log, Ve };
-NoiseLabel parse_noise_label(const std::string& s);  // throws listing the choices
+// "log" = 0.25 * ln(t) (NCSN++ with Fourier embedding, CIFAR-10 JAX code and EDM's EDMPrecond - also EDM's
+// released edm-cifar10-32x32-uncond-ve.pkl, which is config F: --arch=ncsnpp with the default --precond=edm;
+// "ve" in its name is the architecture). There is no "ve" (ln(t / 2)): that label belongs to EDM's
+// VEPrecond, which also has c_skip = 1, c_out = sigma, c_in = 1, and the label is shared with the student.
+enum class NoiseLabel { Adm, Log };
+NoiseLabel parse_noise_label(const std::string& s);  // throws listing the choices (and explains "ve")
 std::string to_string(NoiseLabel n);
 torch::Tensor noise_labels(const torch::Tensor& t, NoiseLabel kind);
 

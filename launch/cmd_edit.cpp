@@ -19,7 +19,7 @@ namespace cm::cli {
 namespace {
 
 const char* kHelp = R"(Usage: cm edit TASK RECIPE --weights FILE|DIR [--ema RATE] [OVERRIDES...] [--input IMAGES]
-              [--count N] [--ts 0,10,20,39 --grid 40 | --sigmas ...] [--seed S] [--labels L] [--out DIR]
+              [--count N] [--ts 0,10,20,39 --grid 40 | --sigmas ...] [--seed S] [--labels L] [--no-clip] [--out DIR]
 TASK:
   inpaint      fill the unknown pixels: --mask FILE (pixels > 127 are known; --mask-invert flips it) or
                --mask-preset center|left|right|top|bottom|stripes (default center: the middle is generated)
@@ -97,7 +97,12 @@ int run(const std::vector<std::string>& argv) {
   net->to(dev);
   net->eval();
   const Preconditioning p = preconditioning(r);
+  const bool clip = clip_arg(args, r);
   const ConsistencyFn f = consistency_fn(net, p);
+  // Interpolation samples as `cm sample` does: each estimate clipped unless --no-clip.
+  const ConsistencyFn f_sample = [f, clip](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& l) {
+    return clip ? f(x, t, l).clamp(-1, 1) : f(x, t, l);
+  };
   const NoiseRange& range = p.range;
   std::vector<double> sigmas = noise_levels_arg(args, r);
   SamplingOptions so;
@@ -128,7 +133,7 @@ int run(const std::vector<std::string>& argv) {
     auto later = noise_for(n);
     // One label per row (pair): the interpolation is between noises, not classes.
     if (shape.num_classes > 0) labels = make_labels(count).repeat_interleave(frames);
-    results = consistency_sample(f, sigmas, [&](int64_t step) { return step == 0 ? z_all : later(step); }, range, labels).clamp(-1, 1);
+    results = consistency_sample(f_sample, sigmas, [&](int64_t step) { return step == 0 ? z_all : later(step); }, range, labels).clamp(-1, 1);
     cols = frames;
     fmt::print("interpolate: {} pairs of noises x {} frames, sigmas [{}]\n", count, frames, fmt::join(sigmas, ", "));
   } else {
@@ -172,7 +177,7 @@ int run(const std::vector<std::string>& argv) {
       }
       y = y.to(dev);
       fmt::print("{}: {} images, {}, sigmas [{}]\n", task, n, what, fmt::join(sigmas, ", "));
-      results = edit_known(f, known, y, sigmas, noise, range, labels);
+      results = edit_known(f, known, y, sigmas, noise, range, labels, clip);
       inputs = y;
       known_parts = known.project(y);
     } else {
@@ -189,7 +194,7 @@ int run(const std::vector<std::string>& argv) {
       torch::Tensor start = add ? y + sigma * noise(0) : y;
       fmt::print("{}: {} images from noise level {}{}, then sigmas [{}]\n", task, n, sigma, add ? " (noise added)" : "",
                  fmt::join(std::vector<double>(levels.begin() + 1, levels.end()), ", "));
-      results = denoise_from(f, start, levels, noise, range, labels);
+      results = denoise_from(f, start, levels, noise, range, labels, clip);
       inputs = y;
       known_parts = start.clamp(-1, 1);
     }

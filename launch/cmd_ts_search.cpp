@@ -18,7 +18,7 @@ namespace {
 
 const char* kHelp = R"(Usage: cm ts-search RECIPE --weights FILE|DIR [--ema RATE] [OVERRIDES...] --ref REF [--inception FILE]
                     [--grid N] [--from A] [--to B] [--stride S] [--refine] [--count 5000] [--batch 100]
-                    [--seed S] [--labels L] [--json FILE] [--quiet]
+                    [--seed S] [--labels L] [--no-clip] [--json FILE] [--quiet]
 
 Searches the intermediate step of 2-step consistency sampling as the paper did: for each candidate index i of
 an N-point Karras grid (--grid, default the recipe's sample.grid), FID of --count samples with ts = 0,i,N-1
@@ -29,6 +29,7 @@ noise (--seed), so the differences are the sampler's. Prints a table and the bes
 {"grid": N, "count": M, "results": [{"index": i, "sigma": s, "fid": f}, ...], "best": {...}}.
 REF and --inception as in `cm eval` (a statistics .npz such as a VIRTUAL_*.npz or `cm eval ref-stats`
 output, or an image set). Under mpirun/srun the samples and features are split over the ranks.
+Denoised estimates are clipped to [-1, 1] before re-noising, as in `cm sample` (--no-clip: raw estimates).
 For reference, the published choices: CD ImageNet-64 ts = 0,22,39 (N = 40), CT ImageNet-64 0,106,200
 (N = 201), CIFAR-10 0,11,17 (N = 18).)";
 
@@ -63,6 +64,7 @@ int search(const Args& args, const Recipe& r, dist::Communicator* comm, torch::D
   SamplingOptions so;
   so.count = args.int_or("count", 5000);
   so.seed = static_cast<uint64_t>(args.int_or("seed", 0));
+  so.clip_denoised = clip_arg(args, r);
   labels_arg(args, so);
   if (so.count < 2) throw std::invalid_argument("--count must be >= 2");
   if (main && !quiet)

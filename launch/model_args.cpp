@@ -88,8 +88,12 @@ std::vector<double> noise_levels_arg(const Args& args, const Recipe& r) {
                                                 r.method.range.sigma_min, r.method.range.sigma_max));
     return sigmas;
   }
+  // The recipe's sample.sigmas when it names its levels that way and the command line gives no --ts/--grid.
+  if (!r.sample.sigmas.empty() && !args.opt("ts") && !args.opt("grid")) return r.sample.sigmas;
   return ts_to_sigmas(args.int_list_or("ts", r.sample.ts), args.int_or("grid", r.sample.grid), r.method.range);
 }
+
+bool clip_arg(const Args& args, const Recipe& r) { return r.sample.clip && !args.flag("no-clip"); }
 
 void labels_arg(const Args& args, SamplingOptions& o) {
   const std::string labels = args.opt_or("labels", "random");

@@ -40,6 +40,9 @@ void load_weights_arg(NetworkImpl& net, const std::string& path, const std::opti
 // --ts indices into a --grid-point Karras grid (default: the recipe's sample.ts and sample.grid).
 std::vector<double> noise_levels_arg(const Args& args, const Recipe& r);
 
+// Whether denoised estimates are clipped to [-1, 1] (images): the recipe's sample.clip, off with --no-clip.
+bool clip_arg(const Args& args, const Recipe& r);
+
 // --labels random|balanced|K into `o` (labels, fixed_class).
 void labels_arg(const Args& args, SamplingOptions& o);
 

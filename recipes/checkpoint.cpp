@@ -13,6 +13,7 @@
 #include "core/ema.h"
 #include "core/json.h"
 #include "core/optim.h"
+#include "core/precision.h"
 #include "distributed/communicator.h"
 #include "distributed/preemption.h"
 #include "recipes/objectives.h"
@@ -143,6 +144,7 @@ const std::vector<std::string>& resume_mutable_keys() {
                                              "debug",             "sample",           "eval",    "train.steps",
                                              "train.log_every",   "train.sample_every", "train.check_every",
                                              "train.watchdog_s",  "train.threads",    "train.device",
+                                             "train.max_nonfinite_steps",
                                              "method.curriculum_steps", "dist",  // communication layout only
                                              "dataset.loader_threads", "dataset.prefetch", "dataset.io",
                                              "dataset.path"};  // the same data moved to another disk
@@ -274,13 +276,21 @@ CheckpointCoordinator::Snapshot CheckpointCoordinator::capture(int64_t step) {
       fmt::format("{{\n  \"format\": \"{}\",\n  \"version\": {},\n  \"step\": {},\n  \"images_seen\": {},\n  \"global_batch\": {},\n"
                   "  \"micro_batches\": {},\n  \"world_size\": {},\n  \"data_cursor\": {{\"epoch\": {}, \"batch_in_epoch\": {}, "
                   "\"batches_total\": {}}},\n  \"ema_rates\": {},\n  \"optimizer_steps\": {},\n  \"config_hash\": \"{}\",\n"
-                  "  \"recipe\": \"{}\",\n  \"source_revision\": \"{}\",\n"
+                  "  \"recipe\": \"{}\",\n  \"source_revision\": \"{}\",\n{}"
                   "  \"rng\": \"none saved: every draw of step k is derived from (seed, k[, rank]) (core/rng.h)\"\n}}\n",
                   kStateFormat, kStateVersion, step, step * tc.batch, tc.batch, tc.micro_batches, opt_.world, cur.epoch,
                   cur.batch_in_epoch, cur.batches_total, json_doubles(rates), state_.optimizer->steps_taken(),
-                  recipe_.config.hash(), json_escape(recipe_.name), CM_SOURCE_REVISION)));
+                  recipe_.config.hash(), json_escape(recipe_.name), CM_SOURCE_REVISION, scaler_json())));
   s.files.push_back(PendingFile::of_text("config.toml", recipe_.config.to_toml() + "\n"));
   return s;
+}
+
+// The scaler's state as a state.json member line (scale with all 17 digits: resume is exact).
+std::string CheckpointCoordinator::scaler_json() const {
+  if (!state_.scaler) return "";
+  const auto s = state_.scaler->state();
+  return fmt::format("  \"loss_scaler\": {{\"scale\": {:.17g}, \"good_steps\": {}, \"skipped_steps\": {}, \"consecutive_skipped\": {}}},\n",
+                     s.scale, s.good_steps, s.skipped_steps, s.consecutive_skipped);
 }
 
 void CheckpointCoordinator::save(int64_t step, bool wait_for_it) {
@@ -489,6 +499,17 @@ void CheckpointCoordinator::restore(const CheckpointInfo& c) {
   dc.batch_in_epoch = cur.at("batch_in_epoch", state_path).integer;
   dc.batches_total = cur.at("batches_total", state_path).integer;
   state_.data->restore(dc);
+  if (state_.scaler) {
+    // Written since loss scaling exists; an older checkpoint (no entry) had no scaler and no skipped steps.
+    if (const Json* ls = st.get("loss_scaler")) {
+      LossScaler::State s;
+      s.scale = ls->at("scale", state_path).num;
+      s.good_steps = ls->at("good_steps", state_path).integer;
+      s.skipped_steps = ls->at("skipped_steps", state_path).integer;
+      s.consecutive_skipped = ls->at("consecutive_skipped", state_path).integer;
+      state_.scaler->restore(s);
+    }
+  }
 
   if (is_main() && !opt_.quiet) {
     fmt::print("resuming from {} (step {}, {} images seen)\n", c.path, step, st.at("images_seen", state_path).integer);

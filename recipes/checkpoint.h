@@ -49,6 +49,7 @@ class Objective;
 class SamplingEmas;
 class Optimizer;
 class DataSource;
+class LossScaler;
 
 // What the trainer owns and a checkpoint holds.
 struct TrainStateRefs {
@@ -56,6 +57,7 @@ struct TrainStateRefs {
   SamplingEmas* emas = nullptr;
   Optimizer* optimizer = nullptr;
   DataSource* data = nullptr;      // cursor
+  LossScaler* scaler = nullptr;    // loss scale and skipped-step counts
 };
 
 // Timings of one checkpoint (rank 0).
@@ -115,6 +117,7 @@ class CheckpointCoordinator {
   void write(Snapshot& s, CheckpointTimes t);
   void apply_retention(int64_t newest);
   void restore(const CheckpointInfo& c);
+  std::string scaler_json() const;
   bool is_main() const { return opt_.rank == 0; }
 
   const Recipe& recipe_;

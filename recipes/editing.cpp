@@ -93,20 +93,22 @@ torch::Tensor KnownPart::impose(const torch::Tensor& x, const torch::Tensor& y) 
 namespace {
 
 // x <- after(f(x_start, sigmas[0]).clamp(-1, 1)); then for each later level
-// x <- after(f(x + sqrt(tau^2 - eps^2) z_i, tau).clamp(-1, 1)): the chain both editing forms share.
+// x <- after(f(x + sqrt(tau^2 - eps^2) z_i, tau).clamp(-1, 1)): the chain both editing forms share
+// (without the clamps when clip is off).
 torch::Tensor chain(const ConsistencyFn& f, const torch::Tensor& x_start, const std::vector<double>& sigmas, const EditNoise& noise,
                     const NoiseRange& r, const torch::Tensor& labels, const std::function<torch::Tensor(const torch::Tensor&)>& after,
-                    const char* what) {
+                    const char* what, bool clip) {
+  auto clipped = [clip](const torch::Tensor& d) { return clip ? d.clamp(-1, 1) : d; };
   if (sigmas.empty()) throw std::invalid_argument(fmt::format("{}: no noise levels", what));
   for (size_t i = 1; i < sigmas.size(); ++i)
     if (!(sigmas[i] < sigmas[i - 1]))
       throw std::invalid_argument(fmt::format("{}: noise levels must decrease, got {} after {}", what, sigmas[i], sigmas[i - 1]));
   torch::NoGradGuard ng;
   const int64_t b = x_start.size(0);
-  auto x = after(f(x_start, torch::full({b}, sigmas[0], x_start.options()), labels).clamp(-1, 1));
+  auto x = after(clipped(f(x_start, torch::full({b}, sigmas[0], x_start.options()), labels)));
   for (size_t i = 1; i < sigmas.size(); ++i) {
     const double scale = std::sqrt(std::max(0.0, sigmas[i] * sigmas[i] - r.sigma_min * r.sigma_min));
-    x = after(f(x + scale * noise(static_cast<int64_t>(i)), torch::full({b}, sigmas[i], x_start.options()), labels).clamp(-1, 1));
+    x = after(clipped(f(x + scale * noise(static_cast<int64_t>(i)), torch::full({b}, sigmas[i], x_start.options()), labels)));
   }
   return x;
 }
@@ -114,15 +116,15 @@ torch::Tensor chain(const ConsistencyFn& f, const torch::Tensor& x_start, const 
 }  // namespace
 
 torch::Tensor edit_known(const ConsistencyFn& f, const KnownPart& known, const torch::Tensor& y, const std::vector<double>& sigmas,
-                         const EditNoise& noise, const NoiseRange& r, const torch::Tensor& labels) {
+                         const EditNoise& noise, const NoiseRange& r, const torch::Tensor& labels, bool clip) {
   if (sigmas.empty()) throw std::invalid_argument("edit: no noise levels");
   const torch::Tensor y0 = known.project(y);
-  return chain(f, y0 + sigmas[0] * noise(0), sigmas, noise, r, labels, [&](const torch::Tensor& x) { return known.impose(x, y0); }, "edit");
+  return chain(f, y0 + sigmas[0] * noise(0), sigmas, noise, r, labels, [&](const torch::Tensor& x) { return known.impose(x, y0); }, "edit", clip);
 }
 
 torch::Tensor denoise_from(const ConsistencyFn& f, const torch::Tensor& x_start, const std::vector<double>& sigmas, const EditNoise& noise,
-                           const NoiseRange& r, const torch::Tensor& labels) {
-  return chain(f, x_start, sigmas, noise, r, labels, [](const torch::Tensor& x) { return x; }, "denoise");
+                           const NoiseRange& r, const torch::Tensor& labels, bool clip) {
+  return chain(f, x_start, sigmas, noise, r, labels, [](const torch::Tensor& x) { return x; }, "denoise", clip);
 }
 
 torch::Tensor slerp(const torch::Tensor& z0, const torch::Tensor& z1, double alpha) {

@@ -15,7 +15,7 @@
 // to the low-resolution input (up to float32 rounding).
 //
 // Like the reference's iterative_* functions, each denoised x is clamped to [-1, 1] before the known part
-// is restored. The noise of image i at step s comes from (seed, i, s) as in `cm sample`.
+// is restored (clip = false, `cm edit --no-clip`, leaves the estimates raw, as `cm sample --no-clip`). The noise of image i at step s comes from (seed, i, s) as in `cm sample`.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -56,13 +56,13 @@ using EditNoise = std::function<torch::Tensor(int64_t step)>;
 // Algorithm 4. `sigmas` decreasing, sigmas[0] = T (= r.sigma_max): x <- f(P y + T z_0, T), then the later
 // levels as above; the known part of y is imposed after every step (also after the last).
 torch::Tensor edit_known(const ConsistencyFn& f, const KnownPart& known, const torch::Tensor& y, const std::vector<double>& sigmas,
-                         const EditNoise& noise, const NoiseRange& r, const torch::Tensor& labels);
+                         const EditNoise& noise, const NoiseRange& r, const torch::Tensor& labels, bool clip = true);
 
 // Denoising from an intermediate noise level, and stroke-guided generation (SDEdit with a consistency
 // model): x <- f(x_start, sigmas[0]) for an x_start at noise level sigmas[0] (a noisy image, or a stroke
 // painting plus sigmas[0] z_0: see add_noise), then multistep through the later sigmas. Clamped to [-1, 1].
 torch::Tensor denoise_from(const ConsistencyFn& f, const torch::Tensor& x_start, const std::vector<double>& sigmas, const EditNoise& noise,
-                           const NoiseRange& r, const torch::Tensor& labels);
+                           const NoiseRange& r, const torch::Tensor& labels, bool clip = true);
 
 // Spherical interpolation between two noise tensors of the same shape, alpha in [0, 1] (alpha = 0 gives
 // z0, 1 gives z1; the angle is over all elements of one sample: z0, z1 are single samples without a batch

@@ -117,12 +117,16 @@ class ConsistencyObjective : public Objective {
     }
     cdf.back() = 1.0 + 1e-12;  // guard against u rounding past the last bucket
     auto cdf_t = torch::tensor(cdf, torch::TensorOptions().dtype(torch::kFloat64).device(s.device));
-    auto idx = torch::searchsorted(cdf_t, u, /*out_int32=*/false, /*right=*/true).clamp_max(static_cast<int64_t>(grid.size()) - 2);
+    auto idx = injected_index_.defined()
+                   ? injected_index_.to(torch::TensorOptions().dtype(torch::kInt64).device(s.device))
+                   : torch::searchsorted(cdf_t, u, /*out_int32=*/false, /*right=*/true).clamp_max(static_cast<int64_t>(grid.size()) - 2);
     auto grid_t = torch::tensor(grid, torch::TensorOptions().dtype(torch::kFloat64).device(s.device));
     auto t_lo = grid_t.index_select(0, idx).to(x.scalar_type());      // t_n
     auto t_hi = grid_t.index_select(0, idx + 1).to(x.scalar_type());  // t_{n+1}
+    if (injected_t_lo_.defined()) t_lo = injected_t_lo_.to(t_lo.options());
+    if (injected_t_hi_.defined()) t_hi = injected_t_hi_.to(t_hi.options());
 
-    auto z = global_randn(s, kNoise, x.sizes().slice(1));
+    auto z = injected_noise_.defined() ? injected_noise_.to(x.options()) : global_randn(s, kNoise, x.sizes().slice(1));
     auto x_hi = x + append_dims(t_hi, nd) * z;
     torch::Tensor x_lo;
     if (m_.name == "cd") {
@@ -204,6 +208,8 @@ std::unique_ptr<Objective> make_objective(const Recipe& r, const ObjectiveDeps& 
   auto make_net = deps.network_factory ? deps.network_factory : [&] { return build_network(r, deps.shape); };
   auto student = make_net();
   if (!r.method.is_consistency()) return std::make_unique<EdmObjective>(r, student, p);
+  // CT from a diffusion checkpoint (the reference's ImageNet-64 / LSUN CT runs); the target copies the student.
+  if (!r.method.init_from.empty()) load_network_weights(*student, r.method.init_from);
 
   DenoiserFn teacher;
   NetworkPtr tnet;

@@ -42,7 +42,20 @@ class Objective {
   NetworkPtr student() const { return student_; }
   const Preconditioning& precond() const { return precond_; }
 
+  // Draws supplied instead of made from (seed, step), for tests against the reference code (consistency
+  // objectives): the noise z ([rows, ...] like the batch) and the pair index n ([rows] int64, 0-based from
+  // sigma_min up: the pair (t_n, t_{n+1}) of the step's grid). Used by every loss() until reset with
+  // undefined tensors. t_lo / t_hi ([rows], optional) replace the pair's noise levels t_n, t_{n+1} (the
+  // reference code computes its grid in float32).
+  void inject_draws(torch::Tensor noise, torch::Tensor pair_index, torch::Tensor t_lo = {}, torch::Tensor t_hi = {}) {
+    injected_noise_ = std::move(noise);
+    injected_index_ = std::move(pair_index);
+    injected_t_lo_ = std::move(t_lo);
+    injected_t_hi_ = std::move(t_hi);
+  }
+
  protected:
+  torch::Tensor injected_noise_, injected_index_, injected_t_lo_, injected_t_hi_;
   NetworkPtr student_;
   Preconditioning precond_;
 };

@@ -2,6 +2,7 @@
 #include "recipes/recipe.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fmt/format.h>
 #include "core/checkpoint_dir.h"
@@ -40,6 +41,14 @@ static TrainConfig bind_train(ConfigReader t) {
   c.sample_every = t.get_int("sample_every", c.sample_every);
   c.check_every = t.get_int("check_every", c.check_every);
   c.watchdog_s = t.get_double("watchdog_s", c.watchdog_s);
+  c.precision = parse_precision(t.get_choice("precision", "fp32", {"fp32", "tf32", "bf16", "fp16"}));
+  const std::string scaling = t.get_choice("loss_scale", "auto", {"auto", "dynamic", "none"});
+  c.loss_scale.enabled = scaling == "dynamic" || (scaling == "auto" && c.precision == Precision::Fp16);
+  c.loss_scale.init = t.get_double("loss_scale_init", c.loss_scale.init);
+  c.loss_scale.growth = t.get_double("loss_scale_growth", c.loss_scale.growth);
+  c.loss_scale.growth_interval = t.get_int("loss_scale_growth_interval", c.loss_scale.growth_interval);
+  c.loss_scale.backoff = t.get_double("loss_scale_backoff", c.loss_scale.backoff);
+  c.max_nonfinite_steps = t.get_int("max_nonfinite_steps", c.max_nonfinite_steps);
   t.finish();
   if (c.steps <= 0) throw ConfigError("'train.steps' must be positive");
   if (c.batch <= 0) throw ConfigError("'train.batch' must be positive");
@@ -54,6 +63,9 @@ static TrainConfig bind_train(ConfigReader t) {
   if (c.watchdog_s < 0) throw ConfigError(fmt::format("'train.watchdog_s' = {} must be >= 0 (0 = no watchdog)", c.watchdog_s));
   if (c.sample_every < 0) throw ConfigError(fmt::format("'train.sample_every' = {} must be >= 0 (0 = only at the end)", c.sample_every));
   if (c.check_every < 0) throw ConfigError(fmt::format("'train.check_every' = {} must be >= 0 (0 = only at the end)", c.check_every));
+  if (c.max_nonfinite_steps < 1)
+    throw ConfigError(fmt::format("'train.max_nonfinite_steps' = {} must be >= 1", c.max_nonfinite_steps));
+  LossScaler check(c.loss_scale);  // throws on impossible scaler settings
   for (double r : c.ema_rates)
     if (!(r >= 0 && r < 1)) throw ConfigError(fmt::format("'train.ema_rates' entry {} is not in [0, 1)", r));
   return c;
@@ -91,6 +103,7 @@ static MethodConfig bind_method(ConfigReader m, int64_t total_steps) {
   c.p_std = m.get_double("p_std", 2.0);
   c.boundary_shift = m.get_bool("boundary_shift", true);
   c.stop_gradient = m.get_bool("stop_gradient", true);
+  if (c.name != "cd") c.init_from = m.get_string("init_from", "");
   if (c.name == "cd") {
     c.solver = parse_solver(m.get_choice("solver", "heun", {"euler", "heun"}));
     c.teacher = m.require_string("teacher");
@@ -105,15 +118,50 @@ static MethodConfig bind_method(ConfigReader m, int64_t total_steps) {
   return c;
 }
 
-static SampleConfig bind_sample(ConfigReader s) {
+// The index of `rate` in the sampling EMAs (`key` names the setting in errors); rate < 0 = the first one.
+static int64_t bind_ema_choice(double rate, const std::vector<double>& rates, const std::string& key) {
+  if (rate < 0) return 0;
+  for (size_t i = 0; i < rates.size(); ++i)
+    if (std::abs(rates[i] - rate) <= 1e-12 * std::max(1.0, std::abs(rate))) return static_cast<int64_t>(i);
+  throw ConfigError(fmt::format("'{}' = {} is not one of train.ema_rates = [{}]", key, rate, fmt::join(rates, ", ")));
+}
+
+// Checked here, when the recipe is bound, so that a bad sample.ts / sample.sigmas stops `cm train` before
+// step 1 rather than when the pictures are drawn at the end.
+static SampleConfig bind_sample(ConfigReader s, const NoiseRange& range, const std::vector<double>& ema_rates) {
   SampleConfig c;
   c.ts = s.get_int_list("ts", c.ts);
   c.grid = s.get_int("grid", c.grid);
+  c.sigmas = s.get_double_list("sigmas", {});
+  c.clip = s.get_bool("clip", c.clip);
+  c.ema = s.get_double("ema", c.ema);
   c.count = s.get_int("count", c.count);
   c.edm_steps = s.get_int("edm_steps", c.edm_steps);
   c.eval_count = s.get_int("eval_count", c.eval_count);
   s.finish();
   if (c.ts.empty() || c.ts[0] != 0) throw ConfigError("'sample.ts' must start with 0 (sigma_max)");
+  if (c.grid < 2) throw ConfigError(fmt::format("'sample.grid' = {} must be >= 2 (a Karras grid of N points)", c.grid));
+  for (size_t i = 0; i < c.ts.size(); ++i) {
+    if (c.ts[i] < 0 || c.ts[i] >= c.grid)
+      throw ConfigError(fmt::format("'sample.ts' entry {} is outside the {}-point grid [0, {}] (sample.grid)", c.ts[i], c.grid, c.grid - 1));
+    if (i > 0 && c.ts[i] <= c.ts[i - 1])
+      throw ConfigError(fmt::format("'sample.ts' must increase (indices from sigma_max down): {} after {}", c.ts[i], c.ts[i - 1]));
+  }
+  if (!c.sigmas.empty()) {
+    if (c.ts.size() > 1) throw ConfigError("give either 'sample.ts' (grid indices) or 'sample.sigmas', not both");
+    if (std::abs(c.sigmas[0] - range.sigma_max) > 1e-9 * range.sigma_max)
+      throw ConfigError(fmt::format("'sample.sigmas' must start at sigma_max = {}, got {}", range.sigma_max, c.sigmas[0]));
+    c.sigmas[0] = range.sigma_max;
+    for (size_t i = 0; i < c.sigmas.size(); ++i) {
+      const double v = c.sigmas[i];
+      if (!(v > 0) || v < range.sigma_min || v > range.sigma_max)
+        throw ConfigError(fmt::format("'sample.sigmas' entry {} is outside [sigma_min, sigma_max] = [{}, {}]", v, range.sigma_min, range.sigma_max));
+      if (i > 0 && !(v < c.sigmas[i - 1]))
+        throw ConfigError(fmt::format("'sample.sigmas' must decrease: {} after {}", v, c.sigmas[i - 1]));
+    }
+  }
+  if (c.count < 1) throw ConfigError(fmt::format("'sample.count' = {} must be >= 1", c.count));
+  c.ema_index = bind_ema_choice(c.ema, ema_rates, "sample.ema");
   return c;
 }
 
@@ -126,6 +174,7 @@ static EvalConfig bind_eval(ConfigReader e) {
   c.inception = e.get_string("inception", c.inception);
   c.seed = static_cast<uint64_t>(e.get_int("seed", static_cast<int64_t>(c.seed)));
   c.one_step = e.get_bool("one_step", c.one_step);
+  c.ema = e.get_double("ema", c.ema);
   e.finish();
   if (c.every_images < 0) throw ConfigError("'eval.every_images' must be >= 0 (0 = no FID during training)");
   if (c.enabled() && c.count < 2) throw ConfigError("'eval.count' must be >= 2 (FID needs a covariance)");
@@ -145,8 +194,9 @@ Recipe Recipe::bind(const Config& cfg, const std::string& name) {
   ConfigReader root(r.config, "");
   r.train = bind_train(root.sub("train"));
   r.method = bind_method(root.sub("method"), r.train.steps);
-  r.sample = bind_sample(root.sub("sample"));
+  r.sample = bind_sample(root.sub("sample"), r.method.range, r.train.ema_rates);
   r.eval = bind_eval(root.sub("eval"));
+  r.eval.ema_index = bind_ema_choice(r.eval.ema, r.train.ema_rates, "eval.ema");
   {
     ConfigReader d = root.sub("dist");
     r.dist = dist::read_dist_options(d);
@@ -181,6 +231,9 @@ Recipe Recipe::bind(const Config& cfg, const std::string& name) {
     r.debug.hang_step = d.get_int("hang_step", -1);
     r.debug.signal_rank = d.get_int("signal_rank", -1);
     r.debug.signal_step = d.get_int("signal_step", -1);
+    r.debug.nonfinite_rank = d.get_int("nonfinite_rank", -1);
+    r.debug.nonfinite_step = d.get_int("nonfinite_step", -1);
+    r.debug.nonfinite_steps = d.get_int("nonfinite_steps", 1);
     r.debug.ckpt_crash_at = d.get_string("ckpt_crash_at", "");
     r.debug.ckpt_fault_step = d.get_int("ckpt_fault_step", -1);
     r.debug.ckpt_fail_after_bytes = d.get_int("ckpt_fail_after_bytes", -1);
@@ -213,7 +266,7 @@ Preconditioning preconditioning(const Recipe& r) {
   Preconditioning p;
   p.range = r.method.range;
   ConfigReader m(r.config, "model");
-  p.label = parse_noise_label(m.get_choice("noise_label", "adm", {"adm", "log", "ve"}));
+  p.label = parse_noise_label(m.get_choice("noise_label", "adm", {"adm", "log"}));
   p.boundary_shift = r.method.boundary_shift;
   p.kind = r.method.is_consistency() ? Preconditioning::Consistency : Preconditioning::Edm;
   return p;
@@ -227,13 +280,13 @@ NetworkPtr build_network(const Recipe& r, const ModelShape& shape) {
   return net;
 }
 
-std::unique_ptr<DataSource> build_data(const Recipe& r, int64_t rank, int64_t world) {
+std::unique_ptr<DataSource> build_data(const Recipe& r, int64_t rank, int64_t world, torch::Device device) {
   if (r.dataset_kind == "toy")
     return std::make_unique<ToySource>(make_toy_mixture(r.toy_name), r.toy_name, r.train.batch, rank, world, r.train.seed);
   // One binder for the loader's table (also used by `cm data` and the tests), so every key it knows is
   // honoured here too; path, random_flip and class_cond are the fields bound above.
   ConfigReader d(r.config, "dataset");
-  return make_image_source(d, rank, world, r.train.batch, r.train.seed);
+  return make_image_source(d, rank, world, r.train.batch, r.train.seed, device);
 }
 
 }  // namespace cm

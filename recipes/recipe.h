@@ -11,6 +11,7 @@
 #include "core/ode.h"
 #include "core/optim.h"
 #include "core/parameterization.h"
+#include "core/precision.h"
 #include "datasets/dataset.h"
 #include "distributed/options.h"
 
@@ -29,6 +30,9 @@ struct TrainConfig {
   int64_t sample_every = 0;     // steps between sample pictures, 0 = only at the end
   int64_t check_every = 0;      // steps between cross-rank identity checks of the weights, 0 = at the end only
   double watchdog_s = 600;      // multi-rank: abort the job when a collective waits longer than this (0 = off)
+  Precision precision = Precision::Fp32;  // core/precision.h
+  LossScalerOptions loss_scale;           // dynamic loss scaling (on by default for fp16)
+  int64_t max_nonfinite_steps = 20;       // this many skipped (non-finite) steps in a row end the run
 };
 
 // Fault injection for tests of failure handling (absent from recipes; set with +debug.fail_rank=1 ...).
@@ -36,6 +40,9 @@ struct DebugConfig {
   int64_t fail_rank = -1, fail_step = -1;  // throw on that rank at that step
   int64_t hang_rank = -1, hang_step = -1;  // sleep forever on that rank at that step
   int64_t signal_rank = -1, signal_step = -1;  // that rank raises SIGUSR1 on itself after that many steps
+  // that rank's loss is multiplied by inf (so its gradients, and after the all-reduce everybody's, are
+  // not finite) at steps [nonfinite_step, nonfinite_step + nonfinite_steps); rank -2 = every rank
+  int64_t nonfinite_rank = -1, nonfinite_step = -1, nonfinite_steps = 1;
   std::string ckpt_crash_at;                // SIGKILL during a checkpoint commit at this phase (core/checkpoint_dir.h)
   int64_t ckpt_fail_after_bytes = -1;       // a checkpoint commit fails with ENOSPC after this many bytes
   int64_t ckpt_fault_step = -1;             // the two checkpoint faults hit the checkpoint of this step (-1: every one)
@@ -69,12 +76,20 @@ struct MethodConfig {
   Solver solver = Solver::Heun;
   std::string teacher;          // "exact" (toy mixtures) or a safetensors file of an EDM model of the same arch
   bool init_from_teacher = true;
+  // CT / iCT: initialise the student (and so its target) from this diffusion checkpoint of the same
+  // architecture ("" = random initialisation). The reference ImageNet-64 / LSUN CT runs pass
+  // --teacher_model_path, and cm_train.py copies that EDM model into the student.
+  std::string init_from;
   bool is_consistency() const { return name != "edm"; }
 };
 
 struct SampleConfig {
   std::vector<int64_t> ts = {0};  // indices into a `grid`-point Karras grid, from sigma_max down
   int64_t grid = 18;
+  std::vector<double> sigmas;     // the noise levels themselves (first = sigma_max, decreasing); replaces ts when set
+  bool clip = true;               // images: clip every denoised estimate to [-1, 1] before re-noising (the reference samplers)
+  double ema = -1;                // the sampling EMA the pictures use (one of train.ema_rates); < 0 = the first
+  int64_t ema_index = 0;          // its index in train.ema_rates (resolved when bound)
   int64_t count = 64;             // samples in the picture (2-D: points per set)
   int64_t edm_steps = 18;         // Heun grid size when sampling an EDM model
   int64_t eval_count = 10000;     // toy: points for the sliced Wasserstein figure
@@ -90,6 +105,8 @@ struct EvalConfig {
   std::string inception;     // the TorchScript Inception; "" = $CM_INCEPTION or ~/.cache/cm/inception-2015-12-05.pt
   uint64_t seed = 12345;     // sample noise seed, the same at every evaluation (the curve shows the model, not the noise)
   bool one_step = true;      // also one-step FID ("fid_1step") when sample.ts is multistep
+  double ema = -1;           // the sampling EMA evaluated (one of train.ema_rates); < 0 = the first
+  int64_t ema_index = 0;     // its index in train.ema_rates (resolved when bound)
   bool enabled() const { return every_images > 0; }
 };
 
@@ -128,6 +145,7 @@ struct Recipe {
 NetworkPtr build_network(const Recipe& r, const ModelShape& shape);
 Preconditioning preconditioning(const Recipe& r);  // noise range + the model's c_noise convention
 // The recipe's data stream for this rank.
-std::unique_ptr<DataSource> build_data(const Recipe& r, int64_t rank, int64_t world);
+// On a CUDA `device` the loader hands out pinned batches, so the trainer's non_blocking copy overlaps.
+std::unique_ptr<DataSource> build_data(const Recipe& r, int64_t rank, int64_t world, torch::Device device = torch::kCPU);
 
 }  // namespace cm

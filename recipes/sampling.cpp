@@ -90,7 +90,11 @@ FloatSamples sample_floats(NetworkImpl& net, const Preconditioning& p, const Mod
     DenoiserFn d = [raw, p](const torch::Tensor& x, const torch::Tensor& s, const torch::Tensor& l) { return precondition(*raw, p, x, s, l); };
     out.x = edm_heun_sample(d, noise(0), opts.edm_steps, p.range, labels);
   } else {
-    ConsistencyFn f = [raw, p](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& l) { return precondition(*raw, p, x, t, l); };
+    const bool clip = opts.clip_denoised && shape.resolution > 0;
+    ConsistencyFn f = [raw, p, clip](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& l) {
+      auto d = precondition(*raw, p, x, t, l);
+      return clip ? d.clamp(-1, 1) : d;
+    };
     // A last level at sigma_min adds no noise, and with the boundary parameterization f(x, eps) = x exactly
     // (c_skip = 1, c_out = 0): the reference CLI's final ts index N-1 (ts = 0,22,39) costs no evaluation,
     // as in the reference sampler, which never evaluates its last ts. Two evaluations, not three.

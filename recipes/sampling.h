@@ -39,6 +39,10 @@ struct SamplingOptions {
   uint64_t seed = 0;
   LabelMode labels = LabelMode::Random;  // class-conditional models: random from (seed, index), index % K, or fixed
   int64_t fixed_class = 0;
+  // Images: each denoised estimate f(x, sigma) is clipped to [-1, 1] before it is re-noised (and the result
+  // too), as the reference samplers do (stochastic_iterative_sampler with clip_denoised, the JAX notebook's
+  // jnp.clip) and as cm edit does. Off: the raw estimates. 2-D toy points are never clipped (no [-1, 1] range).
+  bool clip_denoised = true;
 };
 
 // The standard normal noise of sample `index` at step `step` (0 = initial noise), shaped `dims` (one

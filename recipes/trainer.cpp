@@ -44,7 +44,10 @@ static torch::Device pick_device(const std::string& want, int64_t local_rank) {
   return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
 }
 
-std::vector<double> recipe_sample_sigmas(const Recipe& r) { return ts_to_sigmas(r.sample.ts, r.sample.grid, r.method.range); }
+std::vector<double> recipe_sample_sigmas(const Recipe& r) {
+  if (!r.sample.sigmas.empty()) return r.sample.sigmas;
+  return ts_to_sigmas(r.sample.ts, r.sample.grid, r.method.range);
+}
 
 torch::Tensor sample_model(const Recipe& r, NetworkImpl& net, const Preconditioning& p, int64_t count,
                            const std::vector<double>& sigmas, uint64_t noise_seed, torch::Device device,
@@ -56,6 +59,7 @@ torch::Tensor sample_model(const Recipe& r, NetworkImpl& net, const Precondition
   so.edm_steps = r.sample.edm_steps;
   so.count = count;
   so.seed = noise_seed;
+  so.clip_denoised = r.sample.clip;
   const bool was_training = net.is_training();
   net.eval();
   torch::Tensor out;
@@ -85,7 +89,7 @@ Trainer::Trainer(Recipe recipe, TrainerOptions opt) : recipe_(std::move(recipe))
   if ((tc.batch / opt_.world) % tc.micro_batches != 0)
     throw ConfigError(fmt::format("per-rank batch {} does not divide into train.micro_batches = {}", tc.batch / opt_.world, tc.micro_batches));
 
-  data_ = build_data(recipe_, opt_.rank, opt_.world);
+  data_ = build_data(recipe_, opt_.rank, opt_.world, device_);  // pinned batches on a GPU
   ObjectiveDeps deps;
   deps.shape = data_->shape();
   if (auto* toy = dynamic_cast<ToySource*>(data_.get())) exact_denoiser_ = deps.exact_denoiser = toy->mixture().denoiser();
@@ -106,6 +110,11 @@ Trainer::Trainer(Recipe recipe, TrainerOptions opt) : recipe_(std::move(recipe))
   timeline_ = std::make_unique<dist::Timeline>(recipe_.dist.trace_path(static_cast<int>(opt_.rank)), static_cast<int>(opt_.rank));
   if (opt_.comm && timeline_->enabled()) opt_.comm->set_timeline(timeline_.get());
   emas_ = std::make_unique<SamplingEmas>(tc.ema_rates, objective_->student()->parameters());
+  scaler_ = LossScaler(tc.loss_scale);
+  if (tc.precision == Precision::Fp16 && !device_.is_cuda())
+    throw ConfigError(fmt::format("train.precision = \"fp16\" needs a CUDA device (this run is on {}): LibTorch's CPU autocast has "
+                                  "no float16; use bf16 on the CPU", device_.str()));
+  configure_math(tc.precision, device_);
 }
 
 void Trainer::setup_run_dir(bool resumed) {
@@ -130,7 +139,7 @@ void Trainer::setup_run_dir(bool resumed) {
   if (!metrics_) throw std::runtime_error(fmt::format("cannot write '{}/metrics.jsonl'", dir));
 }
 
-double Trainer::train_step(int64_t step) {
+Trainer::StepOutcome Trainer::train_step(int64_t step) {
   const auto& tc = recipe_.train;
   dist::set_step(step);
   // Injected hang before the step's work: the other ranks then wait in this step's gradient all-reduce.
@@ -142,27 +151,36 @@ double Trainer::train_step(int64_t step) {
   if (reducer_) reducer_->prepare();  // zeroes the buckets, which hold the gradients
   else optimizer_->zero_grad();
   const int64_t local = batch.x.size(0), micro = local / tc.micro_batches;
-  double loss_sum = 0;
+  const double scale = scaler_.scale();  // 1 unless fp16 (or train.loss_scale = "dynamic")
+  const auto& dbg = recipe_.debug;
+  const bool poisoned = (dbg.nonfinite_rank == opt_.rank || dbg.nonfinite_rank == -2) && step >= dbg.nonfinite_step &&
+                        step < dbg.nonfinite_step + dbg.nonfinite_steps;
+  // The loss stays on the device: one host synchronisation per step (the finite check below), not one per
+  // micro-batch.
+  torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device_));
   for (int64_t m = 0; m < tc.micro_batches; ++m) {
     Batch mb{batch.x.narrow(0, m * micro, micro), batch.labels.defined() ? batch.labels.narrow(0, m * micro, micro) : torch::Tensor()};
     StepInfo info{step, opt_.rank, tc.seed, device_, Slice{opt_.rank * local + m * micro, micro, tc.batch}};
     torch::Tensor loss;
     {
       auto t = timeline_->scope("forward");
-      loss = objective_->loss(mb, info) / static_cast<double>(tc.micro_batches);
+      AutocastScope autocast(tc.precision, device_);  // student, target, teacher and LPIPS forwards
+      loss = objective_->loss(mb, info).to(torch::kFloat) / static_cast<double>(tc.micro_batches);
     }
+    if (poisoned) loss = loss * std::numeric_limits<double>::infinity();  // +debug.nonfinite_*: a step that overflows
+    const torch::Tensor scaled = scale != 1.0 ? loss * scale : loss;
     {
       auto t = timeline_->scope("backward");
       // Gradient accumulation communicates only on the last micro-batch: the earlier backwards add into the
       // buckets locally; the last one's hooks all-reduce each bucket as soon as its gradients are complete.
       if (reducer_ && m + 1 < tc.micro_batches) {
         auto local_only = reducer_->no_sync();
-        loss.backward();
+        scaled.backward();
       } else {
-        loss.backward();
+        scaled.backward();
       }
     }
-    loss_sum += loss.item<double>();
+    loss_sum += loss.detach().to(torch::kFloat64);
   }
   if (recipe_.debug.fail_rank == opt_.rank && recipe_.debug.fail_step == step)
     throw std::runtime_error(fmt::format("injected failure at step {} (debug.fail_rank = {})", step, opt_.rank));
@@ -170,19 +188,64 @@ double Trainer::train_step(int64_t step) {
     auto t = timeline_->scope("all-reduce wait");
     reducer_->finish();  // launches what backward did not, waits: every .grad is now the average over ranks
   }
+  // Apply the step only when its gradients are finite. They are the all-reduced ones, so every rank takes
+  // the same decision; a non-finite loss makes its gradients non-finite (backpropagating inf / nan), and
+  // on one rank the loss is checked too. One synchronisation reads the loss and the check together.
+  auto params = objective_->student()->parameters();
+  std::vector<torch::Tensor> sums = {loss_sum.to(torch::kFloat)};
+  for (auto& p : params)
+    if (p.grad().defined()) sums.push_back(p.grad().sum().to(torch::kFloat).reshape({}));
+  const auto health = torch::stack(sums).to(torch::kFloat64).cpu();
+  const double loss_value = health[0].item<double>();
+  const bool grads_finite = health.narrow(0, 1, health.size(0) - 1).isfinite().all().item<bool>();
+  const bool finite = grads_finite && (opt_.world > 1 || std::isfinite(loss_value));
+  scaler_.update(finite);
+  if (!finite) {
+    last_nonfinite_ = grads_finite ? fmt::format("the loss was not finite ({})", loss_value)
+                                   : fmt::format("the gradients were not finite (loss {}{})", loss_value,
+                                                 scale != 1.0 ? fmt::format(", loss scale {:.6g}", scale) : "");
+    return {loss_value, false};
+  }
+  if (scale != 1.0) {
+    torch::NoGradGuard ng;
+    for (auto& p : params)
+      if (p.grad().defined()) p.grad().mul_(1.0 / scale);
+  }
   {
     auto t = timeline_->scope("optimizer");
     optimizer_->step();
   }
   auto t = timeline_->scope("ema");
   objective_->after_step(step);
-  emas_->update(objective_->student()->parameters());
-  return loss_sum;
+  emas_->update(params);
+  return {loss_value, true};
 }
 
-void Trainer::log_progress(int64_t step, double loss) {
-  loss_accum_ += loss;
-  ++loss_count_;
+// After a skipped step: a warning (every one, unless loss scaling expects some), and the end of the run
+// when train.max_nonfinite_steps were skipped in a row. The run then stops with the error below and
+// writes nothing more: the committed checkpoints stay as they are.
+void Trainer::check_nonfinite(int64_t step) {
+  const int64_t in_a_row = scaler_.consecutive_skipped(), limit = recipe_.train.max_nonfinite_steps;
+  if (in_a_row >= limit) {
+    std::string newest = "none";
+    checkpoints_->wait();  // a write in flight is of an earlier, finite state: let it commit
+    if (is_main())
+      if (auto c = newest_valid_checkpoint(checkpoints_->dir(), nullptr)) newest = c->path;
+    throw std::runtime_error(fmt::format(
+        "training stopped at step {}: {} step{} in a row (train.max_nonfinite_steps = {}) were skipped, the last because {}; "
+        "no checkpoint was written after them, the newest committed one is {}. Try a smaller train.lr, another precision, or "
+        "resume from it", step, in_a_row, in_a_row == 1 ? "" : "s", limit, last_nonfinite_, newest));
+  }
+  if (is_main() && !opt_.quiet && !scaler_.enabled())
+    fmt::print(stderr, "warning: step {} skipped: {} ({} skipped in a row, the run stops at {})\n", step,
+               last_nonfinite_, in_a_row, limit);
+}
+
+void Trainer::log_progress(int64_t step, const StepOutcome& out) {
+  if (out.applied) {  // the mean loss is that of the applied steps; skipped ones are counted apart
+    loss_accum_ += out.loss;
+    ++loss_count_;
+  }
   const auto& tc = recipe_.train;
   const bool due = (step + 1) % tc.log_every == 0 || step + 1 == tc.steps;
   if (!due || !is_main()) return;
@@ -196,12 +259,23 @@ void Trainer::log_progress(int64_t step, double loss) {
   auto sched = objective_->schedule(step);
   std::string sched_s;
   for (auto& [k, v] : sched) sched_s += fmt::format(" {} {:.6g}", k, v);
+  // The loss scale (when scaling) and the skipped steps (when there were any) on the line and in metrics.
+  std::string health_s, health_j;
+  if (scaler_.enabled()) {
+    health_s += fmt::format(" | scale 2^{:.2f}", std::log2(scaler_.scale()));
+    health_j += fmt::format(", \"loss_scale\": {:.10g}", scaler_.scale());
+  }
+  if (scaler_.enabled() || scaler_.skipped_steps() > 0) {
+    health_s += fmt::format(" | skipped {}", scaler_.skipped_steps());
+    health_j += fmt::format(", \"skipped_steps\": {}", scaler_.skipped_steps());
+  }
   if (!opt_.quiet)
-    fmt::print("step {:>7}/{} | loss {:.5f} |{} | {:.0f} img/s | elapsed {:.0f}s | ETA {:.0f}s\n", step + 1, tc.steps, mean_loss,
-               sched_s, img_s, elapsed, eta);
+    fmt::print("step {:>7}/{} | loss {:.5f} |{}{} | {:.0f} img/s | elapsed {:.0f}s | ETA {:.0f}s\n", step + 1, tc.steps, mean_loss,
+               sched_s, health_s, img_s, elapsed, eta);
   std::fflush(stdout);
   std::string extra;
   for (auto& [k, v] : sched) extra += fmt::format(", \"{}\": {:.10g}", k, v);
+  extra += health_j;
   metrics_ << fmt::format("{{\"step\": {}, \"loss\": {:.8g}, \"images_per_sec\": {:.1f}, \"images_seen\": {}, \"elapsed_s\": {:.2f}{}}}\n",
                           step + 1, mean_loss, img_s, (step + 1) * tc.batch, elapsed, extra);
   metrics_.flush();
@@ -211,12 +285,12 @@ void Trainer::log_progress(int64_t step, double loss) {
 }
 
 // The network used for pictures and figures: the first sampling EMA when there is one, else the student.
-static void with_sampling_weights(Objective& obj, SamplingEmas& emas, const std::function<void(NetworkImpl&)>& fn) {
+void with_sampling_weights(Objective& obj, SamplingEmas& emas, int64_t ema_index, const std::function<void(NetworkImpl&)>& fn) {
   auto net = obj.student();
   if (emas.rates().empty()) return fn(*net);
   auto params = net->parameters();
   auto saved = clone_params(params);
-  copy_params(params, emas.weights(0));
+  copy_params(params, emas.weights(static_cast<size_t>(ema_index)));
   try {
     fn(*net);
   } catch (...) {
@@ -232,7 +306,7 @@ void Trainer::write_samples(int64_t step, bool final) {
   const auto& p = objective_->precond();
   const auto sigmas = recipe_sample_sigmas(recipe_);
   std::vector<torch::Tensor> panels;
-  with_sampling_weights(*objective_, *emas_, [&](NetworkImpl& net) {
+  with_sampling_weights(*objective_, *emas_, recipe_.sample.ema_index, [&](NetworkImpl& net) {
     if (shape.resolution == 0) {
       const int64_t n = std::max<int64_t>(recipe_.sample.count, 2000);
       auto gen = cpu_generator(derive_seed(recipe_.train.seed, 21));
@@ -269,7 +343,7 @@ std::map<std::string, double> Trainer::evaluate_quality() {
   q["swd_data_floor"] = sliced_wasserstein(data, toy->mixture().sample(n, gen2));
   const auto& p = objective_->precond();
   const auto sigmas = recipe_sample_sigmas(recipe_);
-  with_sampling_weights(*objective_, *emas_, [&](NetworkImpl& net) {
+  with_sampling_weights(*objective_, *emas_, recipe_.sample.ema_index, [&](NetworkImpl& net) {
     if (p.kind == Preconditioning::Edm) {
       q["swd_heun"] = sliced_wasserstein(data, sample_model(recipe_, net, p, n, sigmas, 7, device_, shape).cpu());
     } else {
@@ -359,6 +433,7 @@ double Trainer::evaluate_fid(int64_t step) {
   so.edm_steps = recipe_.sample.edm_steps;
   so.count = e.count;
   so.seed = e.seed;
+  so.clip_denoised = recipe_.sample.clip;
   EvalOptions o;
   o.batch = e.batch;
   o.progress = false;
@@ -367,7 +442,7 @@ double Trainer::evaluate_fid(int64_t step) {
   std::vector<std::pair<std::string, std::vector<double>>> passes = {{"fid", recipe_sample_sigmas(recipe_)}};
   if (e.one_step && p.kind != Preconditioning::Edm && passes[0].second.size() > 1) passes.emplace_back("fid_1step", std::vector<double>{passes[0].second[0]});
   std::vector<double> fids;
-  with_sampling_weights(*objective_, *emas_, [&](NetworkImpl& net) {
+  with_sampling_weights(*objective_, *emas_, recipe_.eval.ema_index, [&](NetworkImpl& net) {
     const bool was_training = net.is_training();
     net.eval();
     try {
@@ -410,7 +485,7 @@ TrainResult Trainer::run() {
   const auto& tc = recipe_.train;
   // Checkpoints (recipes/checkpoint.h): continue from the newest committed one, if any.
   checkpoints_ = std::make_unique<CheckpointCoordinator>(
-      recipe_, TrainStateRefs{objective_.get(), emas_.get(), optimizer_.get(), data_.get()},
+      recipe_, TrainStateRefs{objective_.get(), emas_.get(), optimizer_.get(), data_.get(), &scaler_},
       CheckpointCoordinator::Options{opt_.rank, opt_.world, opt_.comm.get(), opt_.quiet});
   start_step_ = checkpoints_->resume();
   if (start_step_ > 0) check_ranks_identical(start_step_);
@@ -432,10 +507,10 @@ TrainResult Trainer::run() {
     return res;
   }
   for (int64_t step = start_step_; step < tc.steps; ++step) {
-    last_loss_ = train_step(step);
-    if (!std::isfinite(last_loss_))
-      throw std::runtime_error(fmt::format("loss is {} at step {}: training diverged (try a smaller train.lr)", last_loss_, step + 1));
-    log_progress(step, last_loss_);
+    const StepOutcome out = train_step(step);
+    if (out.applied) last_loss_ = out.loss;
+    else check_nonfinite(step + 1);
+    log_progress(step, out);
     if (tc.check_every > 0 && (step + 1) % tc.check_every == 0 && step + 1 < tc.steps) check_ranks_identical(step + 1);
     if (tc.sample_every > 0 && (step + 1) % tc.sample_every == 0 && step + 1 < tc.steps) write_samples(step + 1, false);
     if (eval_due(step)) evaluate_fid(step + 1);

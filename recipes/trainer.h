@@ -10,6 +10,7 @@
 #include <string>
 #include "core/ema.h"
 #include "core/optim.h"
+#include "core/precision.h"
 #include "core/sampler.h"
 #include "datasets/dataset.h"
 #include "recipes/objectives.h"
@@ -63,8 +64,13 @@ class Trainer {
 
  private:
   void setup_run_dir(bool resumed);
-  double train_step(int64_t step);
-  void log_progress(int64_t step, double loss);
+  struct StepOutcome {
+    double loss = 0;
+    bool applied = true;  // false: skipped, its loss or gradients were not finite
+  };
+  StepOutcome train_step(int64_t step);
+  void log_progress(int64_t step, const StepOutcome& out);
+  void check_nonfinite(int64_t step);
   void write_samples(int64_t step, bool final);
   void save_weights();
   bool is_main() const { return opt_.rank == 0; }
@@ -85,6 +91,8 @@ class Trainer {
   std::unique_ptr<dist::GradReducer> reducer_;
   std::unique_ptr<dist::Timeline> timeline_;  // disabled unless dist.trace_dir is set
   std::unique_ptr<CheckpointCoordinator> checkpoints_;
+  LossScaler scaler_;            // loss scale (fp16) and skipped-step counts, checkpointed
+  std::string last_nonfinite_;   // what was not finite in the last skipped step
   DenoiserFn exact_denoiser_;
   std::ofstream metrics_;
   std::chrono::steady_clock::time_point t0_, t_last_;
@@ -104,7 +112,11 @@ class Trainer {
 torch::Tensor sample_model(const Recipe& r, NetworkImpl& net, const Preconditioning& p, int64_t count,
                            const std::vector<double>& sigmas, uint64_t noise_seed, torch::Device device,
                            const ModelShape& shape);
-// The sigmas of the recipe's sample.ts (first entry = sigma_max).
+// The recipe's sample.sigmas, or the sigmas of its sample.ts (first entry = sigma_max).
 std::vector<double> recipe_sample_sigmas(const Recipe& r);
+// Runs fn on the objective's student with the parameters of sampling EMA `ema_index` swapped in (the
+// student itself when there are no sampling EMAs), restoring the student afterwards, also on throw.
+// The trainer's pictures and quality figures use sample.ema_index, FID during training eval.ema_index.
+void with_sampling_weights(Objective& obj, SamplingEmas& emas, int64_t ema_index, const std::function<void(NetworkImpl&)>& fn);
 
 }  // namespace cm

@@ -47,7 +47,8 @@ TEST(Parameterization, ScalingsMatchFormulas) {
   auto tt = torch::tensor({t}, torch::kFloat64);
   EXPECT_DOUBLE_EQ(noise_labels(tt, NoiseLabel::Adm).item<double>(), 250.0 * std::log(t + 1e-44));
   EXPECT_DOUBLE_EQ(noise_labels(tt, NoiseLabel::Log).item<double>(), 0.25 * std::log(t));
-  EXPECT_DOUBLE_EQ(noise_labels(tt, NoiseLabel::Ve).item<double>(), std::log(t / 2));
+  // "ve" (ln(sigma / 2), EDM's VEPrecond label) is refused: EDM's released CIFAR-10 model is an EDMPrecond one.
+  EXPECT_THROW(parse_noise_label("ve"), std::invalid_argument);
 }
 
 TEST(Karras, GridEndpointsAndMonotone) {

@@ -87,6 +87,14 @@ TEST_F(ToyQuality, CdFromExactTeacher) {
   EXPECT_LT(o.after * kBetter, o.before);
 }
 
+// The same run with the forward passes under bf16 autocast (core/precision.h; CPU autocast runs the MLP's
+// matmuls in bfloat16): the same bound.
+TEST_F(ToyQuality, CdInBf16) {
+  auto o = train("toy_cd", {"train.precision=bf16"});
+  EXPECT_LT(o.after, kCdFactor * teacher_);
+  EXPECT_LT(o.after * kBetter, o.before);
+}
+
 TEST_F(ToyQuality, ConsistencyTraining) {
   auto o = train("toy_ct", {}, /*sample_with_cli=*/true);
   EXPECT_LT(o.after, kCtFactor * teacher_);
