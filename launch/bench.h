@@ -11,4 +11,7 @@ int bench_allreduce(const std::vector<std::string>& argv);  // argv after "allre
 extern const char* const kBenchCheckpointHelp;
 int bench_checkpoint(const std::vector<std::string>& argv);  // argv after "checkpoint"
 
+extern const char* const kBenchStepHelp;
+int bench_step(const std::vector<std::string>& argv);  // argv after "step"; also under mpirun
+
 }  // namespace cm::cli

@@ -1,5 +1,5 @@
-// `cm bench`: measurements that are not tests. Subcommands: allreduce (cmd_bench_allreduce.cpp) and
-// checkpoint (cmd_bench_checkpoint.cpp).
+// `cm bench`: measurements that are not tests. Subcommands: allreduce (cmd_bench_allreduce.cpp),
+// checkpoint (cmd_bench_checkpoint.cpp) and step (cmd_bench_step.cpp).
 #include <fmt/format.h>
 #include "launch/bench.h"
 #include "launch/command.h"
@@ -9,6 +9,7 @@ namespace {
 
 const char* kHelp = R"(Usage: cm bench allreduce [OPTIONS]     gradient all-reduce: flat vs buckets, overlap with backward
        cm bench checkpoint [OPTIONS]    how long a step waits for an async checkpoint vs a blocking write
+       cm bench step RECIPE [...]       the whole training step of a recipe: images/s, TFLOP/s, GPU peak fraction
 
 `cm bench SUBCOMMAND --help` describes each.)";
 
@@ -26,10 +27,14 @@ int run(const std::vector<std::string>& argv) {
     if (wants_help(rest, kBenchCheckpointHelp)) return 0;
     return bench_checkpoint(rest);
   }
-  throw std::invalid_argument(fmt::format("unknown bench '{}': allreduce or checkpoint (see `cm bench --help`)", argv[0]));
+  if (argv[0] == "step") {
+    if (wants_help(rest, kBenchStepHelp)) return 0;
+    return bench_step(rest);
+  }
+  throw std::invalid_argument(fmt::format("unknown bench '{}': allreduce, checkpoint or step (see `cm bench --help`)", argv[0]));
 }
 
-CommandRegistration reg({"bench", "measurements: gradient all-reduce (under mpirun), checkpoint writes", kHelp, run});
+CommandRegistration reg({"bench", "measurements: gradient all-reduce (under mpirun), checkpoint writes, training steps", kHelp, run});
 
 }  // namespace
 }  // namespace cm::cli

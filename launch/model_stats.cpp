@@ -14,6 +14,7 @@
 #include <torch/torch.h>
 #include "core/config.h"
 #include "core/nets/layers.h"
+#include "recipes/recipe.h"
 
 namespace cm::cli {
 namespace {
@@ -206,5 +207,16 @@ MemoryEstimate estimate_memory(const ModelStats& s, int64_t batch_per_gpu, int64
   return m;
 }
 
+
+TrainingFlops training_flops(const Recipe& r, const ModelStats& s) {
+  TrainingFlops f;
+  const bool cd = r.method.name == "cd", learned_teacher = cd && r.method.teacher != "exact";
+  f.forwards = 3.0;
+  if (r.method.is_consistency()) f.forwards += 1.0;
+  if (learned_teacher) f.forwards += r.method.solver == Solver::Heun ? 2.0 : 1.0;
+  f.per_image = 2.0 * s.ops.macs() * f.forwards;
+  f.lpips_uncounted = r.method.is_consistency() && r.method.metric == Metric::Lpips;
+  return f;
+}
 
 }  // namespace cm::cli

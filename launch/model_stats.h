@@ -8,6 +8,7 @@
 
 namespace cm {
 class Config;
+struct Recipe;
 }
 
 namespace cm::cli {
@@ -39,6 +40,15 @@ struct MemoryEstimate {
   double weights = 0, gradients = 0, optimizer = 0, copies = 0, activations_per_image = 0, activations = 0, total = 0;
 };
 MemoryEstimate estimate_memory(const ModelStats& s, int64_t batch_per_gpu, int64_t weight_copies, bool fp16);
+
+// The training work per image in forward-equivalents of the network: student forward + backward (3), one
+// target forward for consistency methods, the teacher's ODE step (Heun 2, Euler 1) for CD with a learned
+// teacher. LPIPS is not counted (its VGG's work depends on the resize, not the recipe's network).
+struct TrainingFlops {
+  double forwards = 0, per_image = 0;  // per_image = 2 * MACs * forwards
+  bool lpips_uncounted = false;
+};
+TrainingFlops training_flops(const Recipe& r, const ModelStats& s);
 
 // 56395523 -> "56,395,523" (parameter counts in cm model / cm plan output).
 std::string with_commas(int64_t v);

@@ -89,7 +89,8 @@ Trainer::Trainer(Recipe recipe, TrainerOptions opt) : recipe_(std::move(recipe))
   if ((tc.batch / opt_.world) % tc.micro_batches != 0)
     throw ConfigError(fmt::format("per-rank batch {} does not divide into train.micro_batches = {}", tc.batch / opt_.world, tc.micro_batches));
 
-  data_ = build_data(recipe_, opt_.rank, opt_.world, device_);  // pinned batches on a GPU
+  data_ = opt_.make_data ? opt_.make_data(recipe_, opt_.rank, opt_.world, device_)
+                         : build_data(recipe_, opt_.rank, opt_.world, device_);  // pinned batches on a GPU
   ObjectiveDeps deps;
   deps.shape = data_->shape();
   if (auto* toy = dynamic_cast<ToySource*>(data_.get())) exact_denoiser_ = deps.exact_denoiser = toy->mixture().denoiser();
@@ -479,6 +480,17 @@ double Trainer::evaluate_fid(int64_t step) {
     metrics_.flush();
   }
   return fids[0];
+}
+
+std::vector<double> Trainer::benchmark(int64_t warmup, int64_t steps) {
+  std::vector<double> seconds;
+  for (int64_t k = 0; k < warmup + steps; ++k) {
+    const auto t0 = std::chrono::steady_clock::now();
+    train_step(k);  // ends with a host read of the loss and the gradient check: the device work is done
+    if (device_.is_cuda()) torch::cuda::synchronize();
+    if (k >= warmup) seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return seconds;
 }
 
 TrainResult Trainer::run() {

@@ -31,6 +31,8 @@ struct TrainerOptions {
   int64_t rank = 0, world = 1, local_rank = 0, local_size = 1;
   bool quiet = false;                        // no progress lines (tests)
   std::shared_ptr<dist::Communicator> comm;  // required when world > 1; its device is the rank's device
+  // Tools (cm bench step --synthetic): the data source instead of the recipe's (build_data).
+  std::function<std::unique_ptr<DataSource>(const Recipe&, int64_t rank, int64_t world, torch::Device)> make_data;
 };
 
 // Figures of a finished run, also written to RUN_DIR/final.json.
@@ -49,6 +51,10 @@ class Trainer {
   Trainer(Recipe recipe, TrainerOptions opt = {});
   ~Trainer();
   TrainResult run();
+  // `cm bench step`: warmup + steps optimizer steps exactly as run() takes them (data, forward, backward,
+  // all-reduce, optimizer, EMAs), without checkpoints, logs or pictures; the seconds of each timed step,
+  // measured to the end of its device work.
+  std::vector<double> benchmark(int64_t warmup, int64_t steps);
   // Toy data: sliced Wasserstein distances of 1-step / 2-step (or EDM Heun) samples of the sampling
   // weights to fresh data, and the same distance between two data sets (the floor). Empty for images.
   std::map<std::string, double> evaluate_quality();
