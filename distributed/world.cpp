@@ -138,6 +138,25 @@ const World& World::init(const WorldOptions& options) {
   w.log_all_ranks = options.log_all_ranks;
   s.initialized = true;
 
+  // The layout, one line per rank, printed by rank 0 in rank order: where every rank runs and which device
+  // it drives (CM_SHOW_LAYOUT=0 leaves it out). On a node without GPUs the line also says what a GPU node
+  // would give this rank under the same launch (pick_device's rule), so a CPU trial of a job script, or
+  // `cm plan RECIPE --layout` under srun/mpirun, shows the rank-to-GPU mapping before any GPU hour is spent.
+  const char* show = std::getenv("CM_SHOW_LAYOUT");
+  if (w.size > 1 && !(show && std::string(show) == "0")) {
+    std::string line = fmt::format("rank {}/{} host {} local {}/{} device {}", w.rank, w.size, w.host, w.local_rank,
+                                   w.local_size, w.device.str());
+    if (gpus == 0) line += fmt::format(" (on a GPU node: cuda:{})", same ? w.local_rank : 0);
+    if (vis) line += fmt::format(" CUDA_VISIBLE_DEVICES={}", vis);
+    const auto lines = gather_strings(s.control, line);
+    if (w.rank == 0) {
+      std::string text = fmt::format("world: {} ranks on {} node(s):\n", w.size, w.nodes);
+      for (auto& l : lines) text += "  " + l + "\n";
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fflush(stdout);
+    }
+  }
+
   Watchdog::get().start(options.timeout_s);
   return w;
 }

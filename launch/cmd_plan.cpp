@@ -4,9 +4,12 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <unistd.h>
 #include <torch/torch.h>
 #include "core/config.h"
 #include "core/lpips.h"
+#include "distributed/guard.h"
+#include "distributed/world.h"
 #include "launch/command.h"
 #include "launch/model_stats.h"
 #include "recipes/recipe.h"
@@ -17,7 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 
 const char* kHelp = R"(Usage: cm plan RECIPE [OVERRIDES...] [--nodes N] [--gpus-per-node G] [--cpu-ranks R]
-                              [--gpu-memory GB] [--images-per-second X] [--quiet]
+                              [--gpu-memory GB] [--images-per-second X] [--quiet] [--layout]
 
 Print what `cm train RECIPE [OVERRIDES...]` will do on a world of ranks, and fail early (exit code 1, every
 problem listed) on settings that cannot work:
@@ -31,7 +34,17 @@ problem listed) on settings that cannot work:
   - with --images-per-second X (measured, or from a benchmark), the wall time of the whole run;
   - that the dataset (its manifest.json), the CD teacher and the LPIPS weights exist.
 Defaults for the world come from SLURM's environment inside a job (SLURM_JOB_NUM_NODES, SLURM_NTASKS_PER_NODE),
-else one node with the GPUs this LibTorch sees, else one CPU rank.)";
+else one node with the GPUs this LibTorch sees, else one CPU rank.
+
+--layout: start the world for real and print where every rank runs, then the plan for that world, and stop
+(no training). Run it with the job's own launcher to check a multi-node job in seconds before it spends GPU
+hours, e.g. `sbatch --nodes=4 launch/slurm/cm_nodes.sbatch plan RECIPE --layout` or
+`mpirun --hostfile H -npernode 8 build/cm plan RECIPE --layout`. Every rank reports one line, in rank order:
+  rank R/W host H local L/LS device D
+(L = node-local rank from MPI_Comm_split_type; D = cuda:L on a GPU node whose ranks all see the same GPUs,
+cuda:0 when the launcher gives each rank its own CUDA_VISIBLE_DEVICES). A node with more ranks than GPUs
+stops with a message saying so. On a node without GPUs the line ends with what a GPU node would give:
+(on a GPU node: cuda:L).)";
 
 std::string gb(double bytes) { return fmt::format("{:.1f} GB", bytes / 1e9); }
 std::string duration(double s) {
@@ -52,24 +65,53 @@ int64_t env_int(const char* name, int64_t def) {
 
 constexpr int64_t kLpipsParameters = 14'716'160;  // VGG16 features (14,714,688) + the five linear layers (1,472)
 
+int plan(const Args& args, const Recipe& r, const dist::World* live);
+
 int run(const std::vector<std::string>& argv) {
   if (wants_help(argv, kHelp)) return 0;
-  Args args(argv, {"quiet"});
-  args.check_known({"quiet", "nodes", "gpus-per-node", "cpu-ranks", "gpu-memory", "images-per-second"});
+  Args args(argv, {"quiet", "layout"});
+  args.check_known({"quiet", "nodes", "gpus-per-node", "cpu-ranks", "gpu-memory", "images-per-second", "layout"});
   auto plain = args.plain();
   if (plain.size() != 1) throw std::invalid_argument("expected exactly one RECIPE (see `cm plan --help`)");
   const Recipe r = Recipe::load(plain[0], args.overrides());
+  if (!args.flag("layout")) return plan(args, r, nullptr);
+  if (!dist::launched_by_mpi()) {
+    // One process: its own line, with the rule a launcher's ranks will follow.
+    const int gpus = static_cast<int>(torch::cuda::device_count());
+    char host[256] = {0};
+    gethostname(host, sizeof(host) - 1);
+    const torch::Device d = dist::pick_device(r.train.device, gpus > 0, 0, 1, gpus, true, host);
+    fmt::print("world: 1 rank on 1 node(s) (no launcher: run `cm plan --layout` under srun or mpirun to see every rank):\n"
+               "  rank 0/1 host {} local 0/1 device {}{}\n", host, d.str(), gpus == 0 ? " (on a GPU node: cuda:0)" : "");
+    return plan(args, r, nullptr);
+  }
+  return dist::run_guarded([&] {
+    setenv("CM_SHOW_LAYOUT", "1", 1);  // World::init prints the layout (rank 0, one line per rank)
+    dist::WorldOptions wo;
+    wo.device = r.train.device;
+    wo.timeout_s = r.train.watchdog_s;
+    const dist::World& w = dist::World::init(wo);
+    if (w.size == 1) fmt::print("world: 1 rank on 1 node(s):\n  rank 0/1 host {} local 0/1 device {}\n", w.host, w.device.str());
+    const int rc = w.rank == 0 ? plan(args, r, &w) : 0;
+    dist::World::finalize();
+    return rc;
+  });
+}
 
+// The plan itself; with `live` (cm plan --layout under a launcher, rank 0) for the world that was started.
+int plan(const Args& args, const Recipe& r, const dist::World* live) {
   // World
-  const bool cpu = args.opt_or("cpu-ranks", "").size() > 0 || r.train.device == "cpu";
+  const bool cpu = args.opt_or("cpu-ranks", "").size() > 0 || r.train.device == "cpu" || (live && !live->device.is_cuda());
   const int64_t visible_gpus = torch::cuda::is_available() ? static_cast<int64_t>(torch::cuda::device_count()) : 0;
-  const int64_t nodes = args.int_or("nodes", env_int("SLURM_JOB_NUM_NODES", 1));
-  int64_t per_node = cpu ? args.int_or("cpu-ranks", 1)
-                         : args.int_or("gpus-per-node", env_int("SLURM_NTASKS_PER_NODE", visible_gpus > 0 ? visible_gpus : 1));
+  const int64_t nodes = live ? live->nodes : args.int_or("nodes", env_int("SLURM_JOB_NUM_NODES", 1));
+  int64_t per_node = live ? live->local_size
+                     : cpu ? args.int_or("cpu-ranks", 1)
+                           : args.int_or("gpus-per-node", env_int("SLURM_NTASKS_PER_NODE", visible_gpus > 0 ? visible_gpus : 1));
   if (nodes < 1 || per_node < 1) throw std::invalid_argument("--nodes and the ranks per node must be >= 1");
-  const int64_t world = nodes * per_node;
-  const bool on_gpu = !cpu && (visible_gpus > 0 || args.opt_or("gpus-per-node", "").size() > 0 ||
-                               std::getenv("SLURM_JOB_GPUS") || r.train.device == "cuda");
+  const int64_t world = live ? live->size : nodes * per_node;
+  const bool on_gpu = live ? live->device.is_cuda()
+                           : !cpu && (visible_gpus > 0 || args.opt_or("gpus-per-node", "").size() > 0 ||
+                                      std::getenv("SLURM_JOB_GPUS") || r.train.device == "cuda");
   const double gpu_mem = args.double_or("gpu-memory", 80.0) * 1e9;
 
   std::vector<std::string> problems;
@@ -124,7 +166,11 @@ int run(const std::vector<std::string>& argv) {
 
   if (!args.flag("quiet")) fmt::print("# resolved config\n{}\n", r.config.to_toml());
   fmt::print("plan for {} ({} {}):\n", r.name, r.method.name, r.method.is_consistency() ? "consistency model" : "model");
-  fmt::print("  world         {} node(s) x {} {} rank(s) = {} ranks\n", nodes, per_node, on_gpu ? "GPU" : "CPU", world);
+  if (live && world != nodes * per_node)
+    fmt::print("  world         {} ranks on {} node(s) (rank 0's node has {}; see the layout above)\n", world, nodes, per_node);
+  else
+    fmt::print("  world         {} node(s) x {} {} rank(s) = {} ranks{}\n", nodes, per_node, on_gpu ? "GPU" : "CPU", world,
+               live ? " (this job's, started by --layout)" : "");
   fmt::print("  batch         global {}, per rank {}{}, in {} micro-batch(es) of {}\n", r.train.batch, per_rank,
              r.train.batch % world ? " (not whole!)" : "", micro, micro_size);
   fmt::print("  steps         {} ({:.1f} M images in total)\n", with_commas(r.train.steps), images_total / 1e6);

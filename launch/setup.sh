@@ -13,9 +13,11 @@ PACKAGES=(
   libjpeg-dev libpng-dev libwebp-dev liblmdb-dev  # dataset converters
   libxxhash-dev                              # per-record checksums of the dataset shards
   libgtest-dev                               # tests
+  clang libclang-rt-14-dev                   # fuzz targets (tests/fuzz, libFuzzer + ASan/UBSan)
   python3 python3-numpy python3-torch python3-pil python3-lmdb  # tests make expected values with these
   dataset-fashion-mnist                      # the real dataset of the CPU runs
   slurm-wlm munge                            # the SLURM tests bring up a local cluster (launch/slurm/)
+  openssh-server openssh-client iproute2     # the multi-node tests: hosts as network namespaces (local_nodes.sh)
   chromium fonts-liberation                  # the cm report test renders the page headless
 )
 
