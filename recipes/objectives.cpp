@@ -23,18 +23,60 @@ void load_network_weights(torch::nn::Module& net, const std::string& path) { loa
 
 namespace {
 
-// Draws made for the whole global batch from (seed, step, stream), on the training device; rows sliced.
-torch::Tensor global_randn(const StepInfo& s, uint64_t stream, torch::IntArrayRef per_sample_shape) {
-  seed_default_generator(s.device, derive_seed(s.seed, stream, static_cast<uint64_t>(s.step)));
-  std::vector<int64_t> shape = {s.rows.global};
-  shape.insert(shape.end(), per_sample_shape.begin(), per_sample_shape.end());
-  return torch::randn(shape, torch::TensorOptions().device(s.device)).narrow(0, s.rows.offset, s.rows.count);
+// The step's random draws, row by row: global row r of step k draws from its own state (seed, stream, k, r),
+// so a rank makes only its own rows (O(local batch) work and memory, not O(global batch)), and every row's
+// values are the same whatever the world size and micro-batching. Noise tensors are drawn on the training
+// device, one generator reseed per row; the per-row scalars (EDM's sigma, the pair index) come from a
+// counter-based hash on the host, one value per row, with no device work at all.
+double row_uniform(const StepInfo& s, uint64_t stream, int64_t row, uint64_t k = 0);
+float row_normal(const StepInfo& s, uint64_t stream, int64_t row, uint64_t k);
+
+torch::Tensor rows_randn(const StepInfo& s, uint64_t stream, torch::IntArrayRef per_sample_shape) {
+  const auto opts = torch::TensorOptions().device(s.device);
+  int64_t per = 1;
+  for (int64_t d : per_sample_shape) per *= d;
+  if (per <= 16) {  // 2-D points: a generator reseed and a kernel per row would cost more than the step's math
+    std::vector<int64_t> shape = {s.rows.count};
+    shape.insert(shape.end(), per_sample_shape.begin(), per_sample_shape.end());
+    auto z = torch::empty(shape, torch::kFloat32);
+    float* p = z.data_ptr<float>();
+    for (int64_t i = 0; i < s.rows.count; ++i)
+      for (int64_t j = 0; j < per; ++j) p[i * per + j] = row_normal(s, stream, s.rows.offset + i, static_cast<uint64_t>(j));
+    return z.to(s.device);
+  }
+  std::vector<torch::Tensor> rows;
+  rows.reserve(static_cast<size_t>(s.rows.count));
+  for (int64_t i = 0; i < s.rows.count; ++i) {
+    seed_default_generator(s.device, derive_seed(s.seed, stream, static_cast<uint64_t>(s.step), static_cast<uint64_t>(s.rows.offset + i)));
+    rows.push_back(torch::randn(per_sample_shape, opts));
+  }
+  return torch::stack(rows);
 }
 
-torch::Tensor global_uniform(const StepInfo& s, uint64_t stream) {
-  seed_default_generator(s.device, derive_seed(s.seed, stream, static_cast<uint64_t>(s.step)));
-  return torch::rand({s.rows.global}, torch::TensorOptions().device(s.device).dtype(torch::kFloat64))
-      .narrow(0, s.rows.offset, s.rows.count);
+// Uniform in [0, 1) with 53 random bits from the hash of (seed, stream, step, row, k).
+double row_uniform(const StepInfo& s, uint64_t stream, int64_t row, uint64_t k) {
+  const uint64_t h = derive_seed(derive_seed(s.seed, stream, static_cast<uint64_t>(s.step), static_cast<uint64_t>(row)), k);
+  return static_cast<double>(h >> 11) * 0x1.0p-53;
+}
+
+torch::Tensor rows_uniform(const StepInfo& s, uint64_t stream) {
+  auto u = torch::empty({s.rows.count}, torch::kFloat64);
+  double* p = u.data_ptr<double>();
+  for (int64_t i = 0; i < s.rows.count; ++i) p[i] = row_uniform(s, stream, s.rows.offset + i, 0);
+  return u.to(s.device);
+}
+
+// Standard normal number k of a row: Box-Muller on two of its uniforms, float32 like torch::randn.
+float row_normal(const StepInfo& s, uint64_t stream, int64_t row, uint64_t k) {
+  const double u1 = 1.0 - row_uniform(s, stream, row, 2 * k + 1), u2 = row_uniform(s, stream, row, 2 * k + 2);
+  return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
+}
+
+torch::Tensor rows_normal(const StepInfo& s, uint64_t stream) {
+  auto n = torch::empty({s.rows.count}, torch::kFloat32);
+  float* p = n.data_ptr<float>();
+  for (int64_t i = 0; i < s.rows.count; ++i) p[i] = row_normal(s, stream, s.rows.offset + i, 0);
+  return n.to(s.device);
 }
 
 // Reseeds dropout for (seed, step, rank) and returns a snapshot so the target pass can reuse the masks.
@@ -56,9 +98,9 @@ class EdmObjective : public Objective {
   }
   torch::Tensor loss(const Batch& b, const StepInfo& s) override {
     auto x = b.x;
-    auto n = global_randn(s, kSigma, {});
+    auto n = rows_normal(s, kSigma);
     auto sigma = torch::exp(m_.p_mean + m_.p_std * n).to(x.scalar_type());
-    auto z = global_randn(s, kNoise, x.sizes().slice(1));
+    auto z = rows_randn(s, kNoise, x.sizes().slice(1));
     seed_dropout(s);
     auto denoised = precondition(*student_, precond_, x + append_dims(sigma, x.dim()) * z, sigma, b.labels);
     const double sd = m_.range.sigma_data;
@@ -105,7 +147,7 @@ class ConsistencyObjective : public Objective {
     const int64_t nd = x.dim();
     const auto grid = karras_grid(num_scales(s.step), m_.range);
     // Pair index n in [0, N-2]: uniform, or iCT's discretized lognormal, drawn for the global batch.
-    auto u = global_uniform(s, kIndex);
+    auto u = rows_uniform(s, kIndex);
     std::vector<double> cdf;
     if (m_.index_sampling == "lognormal") {
       auto p = lognormal_pair_probs(grid, m_.p_mean, m_.p_std);
@@ -126,7 +168,7 @@ class ConsistencyObjective : public Objective {
     if (injected_t_lo_.defined()) t_lo = injected_t_lo_.to(t_lo.options());
     if (injected_t_hi_.defined()) t_hi = injected_t_hi_.to(t_hi.options());
 
-    auto z = injected_noise_.defined() ? injected_noise_.to(x.options()) : global_randn(s, kNoise, x.sizes().slice(1));
+    auto z = injected_noise_.defined() ? injected_noise_.to(x.options()) : rows_randn(s, kNoise, x.sizes().slice(1));
     auto x_hi = x + append_dims(t_hi, nd) * z;
     torch::Tensor x_lo;
     if (m_.name == "cd") {

@@ -112,12 +112,15 @@ TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
   ASSERT_EQ(test::run_command(fmt::format("{} eval {}/s/samples_30x28x28x1.npz --ref {}/ref.npz --metrics fid --inception {} --json {}/e.json --quiet 2>&1",
                                           test::cm_binary(), dir, dir, net, dir), &out), 0) << out;
   const double fid = num(parse_json(read_file(dir + "/e.json"), "e.json"), "fid");
-  EXPECT_NEAR(fid, last, 1e-6 * std::max(1.0, last)) << out;
+  // 1e-5: the two paths make the same samples up to float rounding (the trainer and cm sample may split the
+  // matrix products over different thread counts), and one pixel on a uint8 rounding boundary moves the FID
+  // of 30 samples by about 1e-6 relative; another EMA or sample set moves it by far more.
+  EXPECT_NEAR(fid, last, 1e-5 * std::max(1.0, last)) << out;
   ASSERT_EQ(test::run_command(fmt::format("{} sample {} --weights {}/ema_0.99.safetensors --count 30 --seed 12345 --ts 0 --out {}/s1 --quiet 2>&1",
                                           test::cm_binary(), recipe, run, dir), &out), 0) << out;
   ASSERT_EQ(test::run_command(fmt::format("{} eval {}/s1/samples_30x28x28x1.npz --ref {}/ref.npz --metrics fid --inception {} --json {}/e1.json --quiet 2>&1",
                                           test::cm_binary(), dir, dir, net, dir), &out), 0) << out;
-  EXPECT_NEAR(num(parse_json(read_file(dir + "/e1.json"), "e1.json"), "fid"), last_1step, 1e-6 * std::max(1.0, last_1step));
+  EXPECT_NEAR(num(parse_json(read_file(dir + "/e1.json"), "e1.json"), "fid"), last_1step, 1e-5 * std::max(1.0, last_1step));
 
   // cm ts-search on the trained model: candidates 1, 4, 7 of a 10-point grid, then every index within 2 of the
   // best; each FID is the one cm sample + cm eval give for that ts, and 2 ranks find the same figures.
