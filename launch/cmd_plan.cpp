@@ -134,12 +134,8 @@ int plan(const Args& args, const Recipe& r, const dist::World* live) {
   const int64_t copies = (has_target ? 1 : 0) + static_cast<int64_t>(r.train.ema_rates.size()) + (cd && !exact_teacher ? 1 : 0);
   MemoryEstimate mem = estimate_memory(s, micro_size, copies, false);
   const double lpips_bytes = lpips ? 4.0 * kLpipsParameters : 0.0;
-  // Student forward + backward (3 forwards), one target forward for consistency methods, and the teacher's
-  // Heun step (2 evaluations; Euler 1) for CD with a learned teacher.
-  double forwards = 3.0;
-  if (r.method.is_consistency()) forwards += 1.0;
-  if (cd && !exact_teacher) forwards += r.method.solver == Solver::Heun ? 2.0 : 1.0;
-  const double flops_image = 2.0 * s.ops.macs() * forwards;
+  const TrainingFlops work = training_flops(r, s);  // forward-equivalents per image (launch/model_stats.h)
+  const double forwards = work.forwards, flops_image = work.per_image;
   const double images_total = static_cast<double>(r.train.steps) * static_cast<double>(r.train.batch);
 
   // Files the run needs
