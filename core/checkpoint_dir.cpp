@@ -303,7 +303,8 @@ CheckpointInfo verify_checkpoint(const std::string& dir) {
     fi.name = f.at("name", marker).str;
     fi.bytes = f.at("bytes", marker).integer;
     fi.crc32 = static_cast<uint32_t>(f.at("crc32", marker).integer);
-    if (fi.name.empty() || fi.name.find('/') != std::string::npos)
+    if (fi.name.empty() || fi.name.find('/') != std::string::npos || fi.name == "." || fi.name == ".." ||
+        fi.name.find('\0') != std::string::npos)
       throw std::runtime_error(fmt::format("checkpoint '{}': bad file name '{}' in the marker", dir, fi.name));
     auto [n, crc] = size_and_crc(dir + "/" + fi.name);
     if (n != fi.bytes)

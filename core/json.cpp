@@ -2,6 +2,11 @@
 #include "core/json.h"
 
 #include <cctype>
+#include <cerrno>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <fmt/format.h>
 #include <stdexcept>
@@ -84,7 +89,15 @@ class Parser {
         case 'f': out += '\f'; break;
         case 'u': {
           if (i_ + 4 > s_.size()) fail("bad \\u escape");
-          unsigned cp = static_cast<unsigned>(std::stoul(s_.substr(i_, 4), nullptr, 16));
+          unsigned cp = 0;
+          for (int k = 0; k < 4; ++k) {
+            const char h = s_[i_ + k];
+            cp <<= 4;
+            if (h >= '0' && h <= '9') cp |= static_cast<unsigned>(h - '0');
+            else if (h >= 'a' && h <= 'f') cp |= static_cast<unsigned>(h - 'a' + 10);
+            else if (h >= 'A' && h <= 'F') cp |= static_cast<unsigned>(h - 'A' + 10);
+            else fail("bad \\u escape (4 hex digits expected)");
+          }
           i_ += 4;
           if (cp < 0x80) out += static_cast<char>(cp);
           else if (cp < 0x800) out += static_cast<char>(0xC0 | (cp >> 6)), out += static_cast<char>(0x80 | (cp & 0x3F));
@@ -98,9 +111,21 @@ class Parser {
     }
     return out;
   }
+  // Nesting limit: the parser recurses once per array/object level, so hostile input nested
+  // thousands deep must be an error, not a stack overflow.
+  static constexpr int kMaxDepth = 512;
+  struct DepthGuard {
+    int& d;
+    explicit DepthGuard(int& depth) : d(depth) { ++d; }
+    ~DepthGuard() { --d; }
+  };
   Json value() {
     char c = peek();
     Json j;
+    if (c == '{' || c == '[') {
+      if (depth_ >= kMaxDepth) fail(fmt::format("nesting deeper than {} levels", kMaxDepth));
+    }
+    DepthGuard guard(depth_);
     if (c == '{') {
       j.kind = Json::Obj;
       ++i_;
@@ -148,11 +173,21 @@ class Parser {
       }
       const std::string t = s_.substr(start, i_ - start);
       j.kind = Json::Num;
-      try {
-        j.num = std::stod(t);
-        j.integer = integral ? std::stoll(t) : static_cast<int64_t>(j.num);
-      } catch (...) {
-        fail("bad number '" + t + "'");
+      // Parsed without exceptions (std::stod/stoll would report only "stod"/"stoll").
+      char* end = nullptr;
+      errno = 0;
+      j.num = std::strtod(t.c_str(), &end);
+      if (t.empty() || end != t.c_str() + t.size() || errno == ERANGE || !std::isfinite(j.num))
+        fail("bad number '" + t.substr(0, 40) + "'");
+      if (integral) {
+        errno = 0;
+        end = nullptr;
+        long long v = std::strtoll(t.c_str(), &end, 10);
+        if (end != t.c_str() + t.size() || errno == ERANGE) fail("integer out of range '" + t.substr(0, 40) + "'");
+        j.integer = v;
+      } else {
+        // Saturate instead of an out-of-range (undefined) float-to-int conversion.
+        j.integer = j.num >= 9.2e18 ? INT64_MAX : j.num <= -9.2e18 ? INT64_MIN : static_cast<int64_t>(j.num);
       }
       return j;
     }
@@ -161,6 +196,7 @@ class Parser {
   const std::string& s_;
   std::string origin_;
   size_t i_ = 0;
+  int depth_ = 0;
 };
 }  // namespace
 

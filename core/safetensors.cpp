@@ -107,22 +107,47 @@ TensorFile parse_safetensors(const std::string& bytes, const std::string& origin
       for (auto& [k, v] : e.obj) f.metadata[k] = v.str;
       continue;
     }
+    const std::string& tensor_name = name;  // (a structured binding cannot be captured in C++17)
+    auto bad = [&](const std::string& field, const std::string& what) {
+      return std::runtime_error(fmt::format("{}: tensor '{}': field '{}' {}", origin, tensor_name, field, what));
+    };
+    if (e.kind != Json::Obj) throw bad("(entry)", "is not an object {dtype, shape, data_offsets}");
+    auto is_int = [](const Json& v) { return v.kind == Json::Num && static_cast<double>(v.integer) == v.num; };
     std::string dtype;
     std::vector<int64_t> shape;
     int64_t begin = -1, end = -1;
+    bool have_shape = false, have_offsets = false;
     for (auto& [k, v] : e.obj) {
-      if (k == "dtype") dtype = v.str;
-      else if (k == "shape") for (auto& d : v.arr) shape.push_back(d.integer);
-      else if (k == "data_offsets" && v.arr.size() == 2) begin = v.arr[0].integer, end = v.arr[1].integer;
+      if (k == "dtype") {
+        if (v.kind != Json::Str) throw bad("dtype", "is not a string");
+        dtype = v.str;
+      } else if (k == "shape") {
+        if (v.kind != Json::Arr) throw bad("shape", "is not an array");
+        if (v.arr.size() > 64) throw bad("shape", fmt::format("has {} dimensions (at most 64)", v.arr.size()));
+        shape.clear();
+        for (auto& d : v.arr) {
+          if (!is_int(d)) throw bad("shape", "holds something other than an integer");
+          if (d.integer < 0) throw bad("shape", fmt::format("has a negative dimension {}", d.integer));
+          shape.push_back(d.integer);
+        }
+        have_shape = true;
+      } else if (k == "data_offsets") {
+        if (v.kind != Json::Arr || v.arr.size() != 2 || !is_int(v.arr[0]) || !is_int(v.arr[1]))
+          throw bad("data_offsets", "is not an array of two integers");
+        begin = v.arr[0].integer, end = v.arr[1].integer;
+        have_offsets = true;
+      }
     }
+    if (!have_shape) throw bad("shape", "is missing");
+    if (!have_offsets) throw bad("data_offsets", "is missing");
     auto it = std::find_if(std::begin(kDtypes), std::end(kDtypes), [&](auto& d) { return dtype == d.name; });
     if (it == std::end(kDtypes)) throw std::runtime_error(fmt::format("{}: tensor '{}' has unsupported dtype '{}'", origin, name, dtype));
-    int64_t numel = 1;
-    for (auto d : shape) {
-      if (d < 0) throw std::runtime_error(fmt::format("{}: tensor '{}' has a negative dimension", origin, name));
-      numel *= d;
-    }
-    const int64_t expect = numel * static_cast<int64_t>(c10::elementSize(it->type));
+    int64_t numel = 1, expect = 0;
+    bool overflow = false;
+    for (auto d : shape) overflow |= __builtin_mul_overflow(numel, d, &numel);
+    overflow |= __builtin_mul_overflow(numel, static_cast<int64_t>(c10::elementSize(it->type)), &expect);
+    if (overflow)
+      throw bad("shape", fmt::format("[{}] of {} has more bytes than 64 bits can count", fmt::join(shape, ","), dtype));
     if (begin < 0 || end < begin || end - begin != expect || static_cast<size_t>(end) > data_size)
       throw std::runtime_error(fmt::format("{}: tensor '{}' has data offsets [{}, {}] that do not fit its shape ({} bytes) "
                                            "or the file's data section ({} bytes): the file is truncated or corrupt",

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -51,9 +52,20 @@ class ZipReader {
   }
 
   // Reads the uncompressed bytes of `e` into dst (exactly e.usize bytes) and checks the CRC.
+  // Checks, before anything is allocated for it, that `e` can hold its uncompressed size: a stored entry
+  // lies inside the file, a deflated one cannot expand more than deflate allows (about 1032:1).
+  void check(const ZipEntry& e) const {
+    if (e.csize > size_) fail(fmt::format("entry '{}' is larger ({} bytes) than the file", e.name, e.csize));
+    if (e.method == 0 && e.usize != e.csize) fail(fmt::format("stored entry '{}' has different sizes", e.name));
+    if (e.method == 8 && e.usize / 1032 > e.csize + 1)
+      fail(fmt::format("entry '{}' claims {} bytes from {} compressed bytes", e.name, e.usize, e.csize));
+  }
+
   void read(const ZipEntry& e, void* dst) {
+    check(e);
     const uint64_t data = data_offset(e);
-    if (data + e.csize > size_) fail(fmt::format("entry '{}' extends past the end of the file (truncated?)", e.name));
+    if (data > size_ || e.csize > size_ - data)
+      fail(fmt::format("entry '{}' extends past the end of the file (truncated?)", e.name));
     if (e.method == 0) {
       if (e.csize != e.usize) fail(fmt::format("stored entry '{}' has different sizes", e.name));
       read_at(data, dst, e.usize);
@@ -77,6 +89,7 @@ class ZipReader {
   }
 
   std::string read_string(const ZipEntry& e) {
+    check(e);
     std::string s(e.usize, '\0');
     read(e, s.data());
     return s;
@@ -116,7 +129,7 @@ class ZipReader {
 
   uint64_t data_offset(const ZipEntry& e) {
     unsigned char h[30];
-    if (e.local_offset + 30 > size_) fail(fmt::format("local header of '{}' is outside the file", e.name));
+    if (e.local_offset > size_ || size_ - e.local_offset < 30) fail(fmt::format("local header of '{}' is outside the file", e.name));
     read_at(e.local_offset, h, 30);
     if (le(h, 4) != 0x04034b50) fail(fmt::format("bad local header signature for '{}'", e.name));
     return e.local_offset + 30 + le(h + 26, 2) + le(h + 28, 2);
@@ -139,12 +152,12 @@ class ZipReader {
       if (pos < 20 || le(&buf[pos - 20], 4) != 0x07064b50) fail("zip64 archive without a zip64 locator");
       const uint64_t z64 = le(&buf[pos - 20] + 8, 8);
       unsigned char r[56];
-      if (z64 + 56 > size_) fail("zip64 end record outside the file");
+      if (z64 > size_ || size_ - z64 < 56) fail("zip64 end record outside the file");
       read_at(z64, r, 56);
       if (le(r, 4) != 0x06064b50) fail("bad zip64 end record signature");
       count = le(r + 32, 8), cd_size = le(r + 40, 8), cd_off = le(r + 48, 8);
     }
-    if (cd_off + cd_size > size_) fail("central directory outside the file");
+    if (cd_off > size_ || cd_size > size_ - cd_off) fail("central directory outside the file");
     std::vector<unsigned char> cd(cd_size);
     read_at(cd_off, cd.data(), cd_size);
     uint64_t p = 0;
@@ -234,6 +247,21 @@ class Unpickler {
   Unpickler(const std::string& data, ZipReader& zip, std::string archive, std::string origin)
       : d_(data), zip_(zip), archive_(std::move(archive)), origin_(std::move(origin)) {}
 
+  // Containers may reference each other in cycles (a list appended to itself) and nest arbitrarily deep;
+  // every one made is kept here so that the destructor can empty them one by one: no shared_ptr cycle
+  // leaks and no destructor recursion runs as deep as the nesting.
+  ~Unpickler() {
+    stack_.clear();
+    memo_.clear();
+    for (auto& c : containers_) {
+      std::vector<Obj> items = std::move(c->items);
+      std::vector<std::pair<Obj, Obj>> entries = std::move(c->entries);
+      c->items.clear(), c->entries.clear();
+    }
+  }
+  Unpickler(const Unpickler&) = delete;
+  Unpickler& operator=(const Unpickler&) = delete;
+
   Obj run() {
     while (true) {
       if (p_ >= d_.size()) fail("the pickle ends without a STOP opcode");
@@ -289,7 +317,37 @@ class Unpickler {
     stack_.resize(m);
     return items;
   }
-  void push(Obj o) { stack_.push_back(std::move(o)); }
+  void push(Obj o) {
+    if (stack_.size() >= kMaxStack) fail(fmt::format("more than {} objects on the stack", kMaxStack));
+    stack_.push_back(std::move(o));
+  }
+  Obj make(PyObj::Kind k) {
+    Obj o = cm::make(k);
+    if (k == PyObj::Tuple || k == PyObj::List || k == PyObj::Dict) containers_.push_back(o);
+    return o;
+  }
+  // Text operands (INT, LONG, FLOAT, PUT, GET): parsed here so that a bad one is an error naming the file,
+  // the byte and the opcode rather than "stoll".
+  int64_t text_int(const std::string& s, const char* what) {
+    errno = 0;
+    char* end = nullptr;
+    const long long v = std::strtoll(s.c_str(), &end, 10);
+    if (s.empty() || end != s.c_str() + s.size() || errno == ERANGE)
+      fail(fmt::format("{} operand '{}' is not a 64-bit integer", what, s.substr(0, 40)));
+    return v;
+  }
+  double text_float(const std::string& s) {
+    errno = 0;
+    char* end = nullptr;
+    const double v = std::strtod(s.c_str(), &end);
+    if (s.empty() || end != s.c_str() + s.size()) fail(fmt::format("FLOAT operand '{}' is not a number", s.substr(0, 40)));
+    return v;
+  }
+  uint64_t text_index(const std::string& s, const char* what) {
+    const int64_t v = text_int(s, what);
+    if (v < 0) fail(fmt::format("{} memo index {} is negative", what, v));
+    return static_cast<uint64_t>(v);
+  }
   Obj tuple(std::vector<Obj> items) {
     auto t = make(PyObj::Tuple);
     t->items = std::move(items);
@@ -339,10 +397,10 @@ class Unpickler {
       case 'I': {                                // INT (text); "00"/"01" are False/True
         std::string s = take_line();
         if (s == "00" || s == "01") { auto b = make(PyObj::Bool); b->i = s == "01"; push(b); break; }
-        push(make_int(std::stoll(s)));
+        push(make_int(text_int(s, "INT")));
         break;
       }
-      case 'L': { std::string s = take_line(); if (!s.empty() && s.back() == 'L') s.pop_back(); push(make_int(std::stoll(s))); break; }
+      case 'L': { std::string s = take_line(); if (!s.empty() && s.back() == 'L') s.pop_back(); push(make_int(text_int(s, "LONG"))); break; }
       case 'G': {                                // BINFLOAT: big-endian IEEE double
         const unsigned char* b = take(8);
         uint64_t v = 0;
@@ -352,7 +410,7 @@ class Unpickler {
         push(o);
         break;
       }
-      case 'F': { auto o = make(PyObj::Float); o->f = std::stod(take_line()); push(o); break; }
+      case 'F': { auto o = make(PyObj::Float); o->f = text_float(take_line()); push(o); break; }
       case 'X': push(make_str(PyObj::Str, take_bytes(take_le(4)))); break;
       case 0x8c: push(make_str(PyObj::Str, take_bytes(take_le(1)))); break;
       case 0x8d: push(make_str(PyObj::Str, take_bytes(take_le(8)))); break;
@@ -376,11 +434,11 @@ class Unpickler {
       case 'u': { auto kv = pop_mark(); set_items(top(), kv); break; }
       case 'q': memo_put(take_le(1)); break;
       case 'r': memo_put(take_le(4)); break;
-      case 'p': memo_put(std::stoull(take_line())); break;
+      case 'p': memo_put(text_index(take_line(), "PUT")); break;
       case 0x94: memo_put(memo_.size()); break;                              // MEMOIZE
       case 'h': push(memo_get(take_le(1))); break;
       case 'j': push(memo_get(take_le(4))); break;
-      case 'g': push(memo_get(std::stoull(take_line()))); break;
+      case 'g': push(memo_get(text_index(take_line(), "GET"))); break;
       case '0': pop(); break;
       case '1': pop_mark(); break;
       case '2': push(top()); break;
@@ -405,7 +463,8 @@ class Unpickler {
     }
   }
 
-  Obj call(const Obj& fn, const Obj& args) {
+  Obj call(const Obj& fn, const Obj& args, int depth = 0) {
+    if (depth > 8) fail("_rebuild_from_type_v2 nested more than 8 deep (a cyclic or hostile pickle)");
     if (fn->kind != PyObj::Global) return make_str(PyObj::Opaque, fmt::format("result of calling a {}", kind_name(fn->kind)));
     const std::string& g = fn->s;
     const auto& a = args->items;
@@ -424,7 +483,7 @@ class Unpickler {
     if (g == "torch._tensor._rebuild_from_type_v2" || g == "torch._tensor._rebuild_from_type") {
       // (func, type, args, state): rebuild with func(*args); the subclass type is dropped.
       if (a.size() < 3) fail(fmt::format("{} with {} arguments", g, a.size()));
-      return call(a[0], a[2]);
+      return call(a[0], a[2], depth + 1);
     }
     if (g == "_codecs.encode" && !a.empty() && a[0]->kind == PyObj::Str) return make_str(PyObj::Bytes, latin1(a[0]->s));
     if (g == "builtins.set" || g == "builtins.frozenset" || g == "builtins.list") {
@@ -468,9 +527,12 @@ class Unpickler {
     const int64_t numel = it[4]->i;
     const ZipEntry* e = zip_.find(archive_ + "data/" + key);
     if (!e) fail(fmt::format("storage '{}' has no entry {}data/{} in the archive", key, archive_, key));
-    const uint64_t bytes = static_cast<uint64_t>(numel) * c10::elementSize(st->dtype);
-    if (numel < 0 || e->usize != bytes)
+    uint64_t bytes = 0;
+    if (numel < 0 || __builtin_mul_overflow(static_cast<uint64_t>(numel), c10::elementSize(st->dtype), &bytes))
+      fail(fmt::format("storage '{}' has an impossible element count {}", key, numel));
+    if (e->usize != bytes)
       fail(fmt::format("storage '{}' holds {} bytes but {} {} elements need {}", key, e->usize, numel, type, bytes));
+    zip_.check(*e);
     auto t = torch::empty({numel}, torch::TensorOptions().dtype(st->dtype));
     if (bytes) zip_.read(*e, t.data_ptr());
     auto o = make_str(PyObj::Storage, key);
@@ -496,13 +558,19 @@ class Unpickler {
       fail("_rebuild_tensor_v2 with unexpected arguments");
     const torch::Tensor& storage = a[0]->tensor;
     const int64_t offset = a[1]->i;
+    if (size.size() > 64) fail(fmt::format("tensor with {} dimensions", size.size()));
     int64_t last = offset;  // highest element index the view touches
-    bool empty = false;
+    int64_t numel = 1;
+    bool empty = false, overflow = false;
     for (size_t k = 0; k < size.size(); ++k) {
-      if (size[k] < 0 || stride[k] < 0) fail("negative size or stride");
+      if (size[k] < 0 || stride[k] < 0)
+        fail(fmt::format("negative size or stride (size {}, stride {})", fmt::join(size, "x"), fmt::join(stride, ",")));
       if (size[k] == 0) empty = true;
-      else last += (size[k] - 1) * stride[k];
+      int64_t span = 0;
+      overflow |= __builtin_mul_overflow(size[k], stride[k], &span) || __builtin_mul_overflow(numel, size[k], &numel);
+      if (size[k] > 0) overflow |= __builtin_add_overflow(last, (size[k] - 1) * (span / size[k]), &last);
     }
+    if (overflow) fail(fmt::format("tensor size {} / stride {} overflows 64 bits", fmt::join(size, "x"), fmt::join(stride, ",")));
     if (!empty && (offset < 0 || last >= storage.numel()))
       fail(fmt::format("tensor view (offset {}, size {}, stride {}) exceeds its storage '{}' of {} elements", offset,
                        fmt::join(size, "x"), fmt::join(stride, ","), a[0]->s, storage.numel()));
@@ -520,6 +588,8 @@ class Unpickler {
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, Obj> memo_;
   std::map<std::string, Obj> storages_;
+  std::vector<Obj> containers_;
+  static constexpr size_t kMaxStack = size_t(1) << 24;
 };
 
 std::string key_string(const Obj& k) {
@@ -532,21 +602,46 @@ std::string key_string(const Obj& k) {
   }
 }
 
-void flatten(const Obj& o, const std::string& name, TorchImport& out) {
+// Walk limits: a checkpoint nests a few levels and holds thousands of entries; a hostile pickle can nest
+// containers thousands deep, put a list inside itself, or share one list under exponentially many names.
+struct FlattenState {
+  const std::string& path;
+  std::vector<const PyObj*> open;  // containers on the current path (cycle check)
+  uint64_t visits = 0, name_bytes = 0;
+  static constexpr size_t kMaxDepth = 200;
+  static constexpr uint64_t kMaxVisits = 4'000'000, kMaxNameBytes = uint64_t(256) << 20;
+};
+
+void flatten(const Obj& o, const std::string& name, TorchImport& out, FlattenState& st) {
   auto child = [&](const std::string& k) { return name.empty() ? k : name + "." + k; };
+  auto fail = [&](const std::string& what) {
+    throw std::runtime_error(fmt::format("{}: cannot read the pickle (data.pkl): {} (at '{}')", st.path, what,
+                                         name.substr(0, 200)));
+  };
+  st.name_bytes += name.size();
+  if (++st.visits > FlattenState::kMaxVisits || st.name_bytes > FlattenState::kMaxNameBytes)
+    fail(fmt::format("more than {} entries (shared containers repeated under many names?)", st.visits - 1));
+  const bool container = o->kind == PyObj::Dict || o->kind == PyObj::List || o->kind == PyObj::Tuple;
+  if (container) {
+    if (std::find(st.open.begin(), st.open.end(), o.get()) != st.open.end()) fail("a container contains itself");
+    if (st.open.size() >= FlattenState::kMaxDepth)
+      fail(fmt::format("containers nested more than {} levels deep", FlattenState::kMaxDepth));
+    st.open.push_back(o.get());
+  }
   switch (o->kind) {
     case PyObj::Tensor: out.tensors.emplace_back(name.empty() ? "tensor" : name, o->tensor); break;
     case PyObj::Dict:
-      for (auto& [k, v] : o->entries) flatten(v, child(key_string(k)), out);
+      for (auto& [k, v] : o->entries) flatten(v, child(key_string(k)), out, st);
       break;
     case PyObj::List:
     case PyObj::Tuple:
-      for (size_t i = 0; i < o->items.size(); ++i) flatten(o->items[i], child(std::to_string(i)), out);
+      for (size_t i = 0; i < o->items.size(); ++i) flatten(o->items[i], child(std::to_string(i)), out, st);
       break;
     default:
       out.skipped.push_back(fmt::format("{} ({})", name.empty() ? "<root>" : name,
                                         o->kind == PyObj::Opaque ? o->s : kind_name(o->kind)));
   }
+  if (container) st.open.pop_back();
 }
 
 }  // namespace
@@ -577,9 +672,11 @@ TorchImport import_torch_file(const std::string& path) {
       zip.fail(fmt::format("the tensors are stored {}-endian; only little-endian files are supported", order));
   }
   const std::string data = zip.read_string(*pkl);
-  Obj root = Unpickler(data, zip, archive, path).run();
+  Unpickler unpickler(data, zip, archive, path);  // owns every container: flatten before it goes
+  Obj root = unpickler.run();
   TorchImport out;
-  flatten(root, "", out);
+  FlattenState st{path, {}};
+  flatten(root, "", out, st);
   return out;
 }
 

@@ -7,9 +7,10 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cctype>
+#include <climits>
 #include <cstring>
 #include <fmt/format.h>
-#include <regex>
 #include <stdexcept>
 
 namespace cm::data {
@@ -63,6 +64,7 @@ class FileStream : public ByteStream {
   ~FileStream() override {
     if (fd_ >= 0) ::close(fd_);
   }
+  int64_t remaining() const override { return int64_t((tail_ - head_) + (end_ - std::min(end_, file_off_))); }
   size_t read(void* out, size_t n) override {
     auto* dst = static_cast<char*>(out);
     size_t done = 0;
@@ -202,6 +204,30 @@ static uint64_t tar_number(const char* field, size_t len, const std::string& whe
 
 static std::string cstr(const char* p, size_t max) { return std::string(p, strnlen(p, max)); }
 
+static constexpr uint64_t kMaxExtendedHeader = uint64_t(1) << 20;
+
+// Pax extended header records "LEN key=value\n", LEN (decimal) counting the whole record; read by their
+// length field. Returns the last 'path' value, if any.
+static bool pax_path(const std::string& d, std::string* path, const std::string& where) {
+  bool found = false;
+  size_t p = 0;
+  while (p < d.size()) {
+    if (d[p] == '\0') break;  // NUL padding after the records
+    size_t q = p;
+    uint64_t len = 0;
+    while (q < d.size() && d[q] >= '0' && d[q] <= '9' && q - p < 19) len = len * 10 + uint64_t(d[q++] - '0');
+    if (q == p || q >= d.size() || d[q] != ' ' || len <= q - p + 1 || len > d.size() - p || d[p + len - 1] != '\n')
+      throw std::runtime_error(fmt::format("{}: corrupt pax record at byte {} of the extended header", where, p));
+    const size_t kv = q + 1, kv_end = p + len - 1;  // key=value without the newline
+    const size_t eq = d.find('=', kv);
+    if (eq == std::string::npos || eq >= kv_end)
+      throw std::runtime_error(fmt::format("{}: pax record at byte {} has no '='", where, p));
+    if (d.compare(kv, eq - kv, "path") == 0) *path = d.substr(eq + 1, kv_end - eq - 1), found = true;
+    p += len;
+  }
+  return found;
+}
+
 bool TarReader::next(TarEntry& e) {
   std::string long_name;
   for (;;) {
@@ -218,17 +244,20 @@ bool TarReader::next(TarEntry& e) {
       throw std::runtime_error(where + ": checksum mismatch (not a tar archive, or corrupt)");
     e.type = h[156];
     e.size = tar_number(h + 124, 12, where);
+    if (e.size > (uint64_t(1) << 56)) throw std::runtime_error(fmt::format("{}: corrupt tar header (entry size {})", where, e.size));
     e.data_offset = s_.position();
     next_header_ = e.data_offset + (e.size + 511) / 512 * 512;
     if (e.type == 'L' || e.type == 'x') {  // GNU long name / pax extended header: the next entry's name
+      if (e.size > kMaxExtendedHeader)
+        throw std::runtime_error(fmt::format("{}: extended header of {} bytes (at most {} accepted)", where, e.size,
+                                             kMaxExtendedHeader));
       std::string data(size_t(e.size), '\0');
       s_.read_exact(data.data(), data.size(), where + " (extended header)");
       if (e.type == 'L') {
         long_name = cstr(data.data(), data.size());
       } else {
-        static const std::regex path_rec(R"((?:^|\n)\d+ path=([^\n]*)\n)");
-        std::smatch m;
-        if (std::regex_search(data, m, path_rec)) long_name = m[1];
+        std::string path;
+        if (pax_path(data, &path, where)) long_name = path;
       }
       continue;
     }
@@ -292,7 +321,7 @@ ZipArchive::ZipArchive(const std::string& path) : path_(path) {
     cd_size = le64(rec.data() + 40);
     cd_off = le64(rec.data() + 48);
   }
-  if (cd_off + cd_size > size) throw std::runtime_error(fmt::format("{}: central directory beyond the end of the file (truncated)", path));
+  if (cd_off > size || cd_size > size - cd_off) throw std::runtime_error(fmt::format("{}: central directory beyond the end of the file (truncated)", path));
   auto cd = read_range(path, cd_off, size_t(cd_size));
   size_t p = 0;
   for (uint64_t i = 0; i < count; ++i) {
@@ -308,13 +337,16 @@ ZipArchive::ZipArchive(const std::string& path) : path_(path) {
     if (p + 46 + nlen + xlen + clen > cd.size()) throw std::runtime_error(fmt::format("{}: corrupt central directory entry {}", path, i));
     z.name.assign(reinterpret_cast<const char*>(&cd[p + 46]), nlen);
     // Zip64 extended information: only the fields that are 0xffffffff in the entry are present, in order.
-    for (size_t x = p + 46 + nlen; x + 4 <= p + 46 + nlen + xlen;) {
+    const size_t xend = p + 46 + nlen + xlen;
+    for (size_t x = p + 46 + nlen; x + 4 <= xend;) {
       const uint16_t id = le16(&cd[x]), len = le16(&cd[x + 2]);
+      if (x + 4 + len > xend) break;
       if (id == 0x0001) {
         size_t q = x + 4;
-        if (z.size == 0xffffffffu) z.size = le64(&cd[q]), q += 8;
-        if (z.compressed_size == 0xffffffffu) z.compressed_size = le64(&cd[q]), q += 8;
-        if (z.local_header_offset == 0xffffffffu) z.local_header_offset = le64(&cd[q]);
+        const size_t fend = x + 4 + len;
+        if (z.size == 0xffffffffu && q + 8 <= fend) z.size = le64(&cd[q]), q += 8;
+        if (z.compressed_size == 0xffffffffu && q + 8 <= fend) z.compressed_size = le64(&cd[q]), q += 8;
+        if (z.local_header_offset == 0xffffffffu && q + 8 <= fend) z.local_header_offset = le64(&cd[q]);
       }
       x += 4 + len;
     }
@@ -335,6 +367,7 @@ class CrcCheckStream : public ByteStream {
  public:
   CrcCheckStream(std::unique_ptr<ByteStream> src, uint64_t size, uint32_t crc, std::string name)
       : ByteStream(std::move(name)), src_(std::move(src)), size_(size), want_(crc) {}
+  int64_t remaining() const override { return int64_t(std::min<uint64_t>(size_ - pos_, uint64_t(INT64_MAX))); }
   size_t read(void* buf, size_t n) override {
     n = size_t(std::min<uint64_t>(n, size_ - pos_));
     size_t got = src_->read(buf, n);
@@ -357,8 +390,16 @@ std::unique_ptr<ByteStream> ZipArchive::open(const ZipEntry& e) const {
   if (le32(lh.data()) != 0x04034b50)
     throw std::runtime_error(fmt::format("{}: member '{}': no local header at byte {}", path_, e.name, e.local_header_offset));
   const uint64_t data = e.local_header_offset + 30 + le16(&lh[26]) + le16(&lh[28]);
-  auto raw = open_file(path_, data, int64_t(e.compressed_size));
   const std::string name = fmt::format("{}:{}", path_, e.name);
+  struct stat st {};
+  const uint64_t fsize = ::stat(path_.c_str(), &st) == 0 ? uint64_t(st.st_size) : 0;
+  // Sizes an entry cannot have: data outside the file, a stored entry whose sizes differ, a deflated one
+  // expanding beyond deflate's maximum ratio (about 1032:1).
+  if (data > fsize || e.compressed_size > fsize - data || (e.method == 0 && e.size != e.compressed_size) ||
+      (e.method == 8 && e.size / 1032 > e.compressed_size + 1))
+    throw std::runtime_error(fmt::format("{}: impossible member sizes ({} bytes from {} at byte {} of a {}-byte file)",
+                                         name, e.size, e.compressed_size, data, fsize));
+  auto raw = open_file(path_, data, int64_t(e.compressed_size));
   if (e.method == 0) return std::make_unique<CrcCheckStream>(std::move(raw), e.size, e.crc32, name);
   if (e.method == 8)
     return std::make_unique<CrcCheckStream>(inflate_stream(std::move(raw), /*raw=*/true), e.size, e.crc32, name);
@@ -369,15 +410,142 @@ std::unique_ptr<ByteStream> ZipArchive::open(const ZipEntry& e) const {
 
 int64_t NpyHeader::count() const {
   int64_t n = 1;
-  for (auto d : shape) n *= d;
+  for (auto d : shape)
+    if (d < 0 || __builtin_mul_overflow(n, d, &n)) return -1;
   return n;
 }
 
 size_t NpyHeader::item_size() const {
   size_t i = 0;
   while (i < descr.size() && !std::isdigit(static_cast<unsigned char>(descr[i]))) ++i;
-  return i < descr.size() ? size_t(std::stoul(descr.substr(i))) : 0;
+  size_t v = 0;
+  for (; i < descr.size() && std::isdigit(static_cast<unsigned char>(descr[i])); ++i) {
+    v = v * 10 + size_t(descr[i] - '0');
+    if (v > (1u << 20)) return 0;
+  }
+  return v;
 }
+
+namespace {
+// The header dict of a .npy file, a Python literal such as
+//   {'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }
+// read by a hand-written scanner (a std::regex over a long hostile header overflows the stack).
+class NpyDictScanner {
+ public:
+  NpyDictScanner(const std::string& t, const std::string& name) : t_(t), name_(name) {}
+  NpyHeader parse() {
+    NpyHeader h;
+    bool have_descr = false, have_shape = false;
+    ws();
+    expect('{');
+    while (true) {
+      ws();
+      if (at('}')) break;
+      const std::string key = quoted();
+      ws();
+      expect(':');
+      ws();
+      if (key == "descr") {
+        h.descr = quoted(), have_descr = true;
+        if (h.descr.size() > 32) fail(fmt::format("'descr' of {} characters is not a numpy dtype", h.descr.size()));
+      } else if (key == "fortran_order") {
+        if (t_.compare(i_, 4, "True") == 0) h.fortran_order = true, i_ += 4;
+        else if (t_.compare(i_, 5, "False") == 0) h.fortran_order = false, i_ += 5;
+        else fail("'fortran_order' is not True or False");
+      } else if (key == "shape") {
+        h.shape = shape(), have_shape = true;
+      } else {
+        skip_value();
+      }
+      ws();
+      if (at(',')) continue;
+      ws();
+      if (at('}')) break;
+      fail("expected ',' or '}'");
+    }
+    if (!have_descr) fail("no 'descr'");
+    if (!have_shape) fail("no 'shape'");
+    return h;
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) const {
+    throw std::runtime_error(fmt::format("{}: bad npy header at character {}: {} (header starts '{}')", name_, i_, what,
+                                         printable(t_.substr(0, 60))));
+  }
+  static std::string printable(std::string s) {
+    for (char& c : s)
+      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
+    return s;
+  }
+  void ws() {
+    while (i_ < t_.size() && (t_[i_] == ' ' || t_[i_] == '\t' || t_[i_] == '\n' || t_[i_] == '\r')) ++i_;
+  }
+  bool at(char c) {
+    if (i_ < t_.size() && t_[i_] == c) return ++i_, true;
+    return false;
+  }
+  void expect(char c) {
+    if (!at(c)) fail(fmt::format("expected '{}'", c));
+  }
+  std::string quoted() {
+    if (i_ >= t_.size() || (t_[i_] != '\'' && t_[i_] != '"')) fail("expected a quoted string");
+    const char q = t_[i_++];
+    const size_t end = t_.find(q, i_);
+    if (end == std::string::npos) fail("unterminated string");
+    std::string s = t_.substr(i_, end - i_);
+    i_ = end + 1;
+    return s;
+  }
+  std::vector<int64_t> shape() {
+    expect('(');
+    std::vector<int64_t> dims;
+    while (true) {
+      ws();
+      if (at(')')) break;
+      if (i_ < t_.size() && t_[i_] == '-') fail("'shape' has a negative dimension");
+      if (i_ >= t_.size() || !std::isdigit(static_cast<unsigned char>(t_[i_]))) fail("'shape' holds something other than integers");
+      int64_t v = 0;
+      while (i_ < t_.size() && std::isdigit(static_cast<unsigned char>(t_[i_]))) {
+        if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, t_[i_] - '0', &v))
+          fail("'shape' has a dimension beyond 64 bits");
+        ++i_;
+      }
+      if (i_ < t_.size() && t_[i_] == 'L') ++i_;  // Python 2 long
+      if (dims.size() >= 64) fail("'shape' has more than 64 dimensions");
+      dims.push_back(v);
+      ws();
+      if (at(',')) continue;
+      ws();
+      if (at(')')) break;
+      fail("expected ',' or ')' in 'shape'");
+    }
+    return dims;
+  }
+  // Any other value: a string, or a word/number, or a bracketed group (nesting counted, not recursed).
+  void skip_value() {
+    if (i_ < t_.size() && (t_[i_] == '\'' || t_[i_] == '"')) return void(quoted());
+    int depth = 0;
+    while (i_ < t_.size()) {
+      const char c = t_[i_];
+      if (c == '\'' || c == '"') {
+        quoted();
+        continue;
+      }
+      if (c == '(' || c == '[' || c == '{') ++depth;
+      else if (c == ')' || c == ']' || c == '}') {
+        if (depth == 0) return;
+        --depth;
+      } else if (c == ',' && depth == 0) return;
+      ++i_;
+    }
+    fail("unterminated value");
+  }
+  const std::string& t_;
+  const std::string& name_;
+  size_t i_ = 0;
+};
+}  // namespace
 
 NpyHeader read_npy_header(ByteStream& s) {
   unsigned char pre[10];
@@ -391,20 +559,25 @@ NpyHeader read_npy_header(ByteStream& s) {
     s.read_exact(more, 2, "npy header");
     hlen = size_t(le16(pre + 8)) | (size_t(le16(more)) << 16);
   }
+  // numpy itself refuses headers over 10,000 bytes unless told otherwise; 1 MiB is plenty.
+  if (hlen > (size_t(1) << 20))
+    throw std::runtime_error(fmt::format("{}: npy header of {} bytes (at most 1 MiB accepted)", s.name(), hlen));
   std::string text(hlen, '\0');
   s.read_exact(text.data(), hlen, "npy header");
-  NpyHeader h;
-  std::smatch m;
-  static const std::regex descr(R"('descr'\s*:\s*'([^']*)')"), fortran(R"('fortran_order'\s*:\s*(True|False))"),
-      shape(R"('shape'\s*:\s*\(([^)]*)\))");
-  if (!std::regex_search(text, m, descr)) throw std::runtime_error(s.name() + ": npy header has no descr: " + text);
-  h.descr = m[1];
-  if (std::regex_search(text, m, fortran)) h.fortran_order = m[1] == "True";
-  if (!std::regex_search(text, m, shape)) throw std::runtime_error(s.name() + ": npy header has no shape: " + text);
-  std::string dims = m[1];
-  static const std::regex num(R"(\d+)");
-  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), num); it != std::sregex_iterator(); ++it)
-    h.shape.push_back(std::stoll(it->str()));
+  NpyHeader h = NpyDictScanner(text, s.name()).parse();
+  const size_t item = h.item_size();
+  if (item == 0)
+    throw std::runtime_error(fmt::format("{}: npy dtype '{}' is not supported (no item size)", s.name(),
+                                         h.descr.substr(0, 40)));
+  const int64_t n = h.count();
+  int64_t bytes = 0;
+  if (n < 0 || __builtin_mul_overflow(n, int64_t(item), &bytes))
+    throw std::runtime_error(fmt::format("{}: npy shape {} of '{}' overflows 64 bits", s.name(), fmt::join(h.shape, "x"),
+                                         h.descr));
+  const int64_t left = s.remaining();
+  if (left >= 0 && bytes > left)
+    throw std::runtime_error(fmt::format("{}: npy shape ({}) of '{}' needs {} bytes but only {} follow the header",
+                                         s.name(), fmt::join(h.shape, ", "), h.descr, bytes, left));
   return h;
 }
 

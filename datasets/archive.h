@@ -22,6 +22,9 @@ class ByteStream {
   // Reads exactly n bytes or throws "<name>: truncated at byte <pos> while reading <what>".
   void read_exact(void* buf, size_t n, const std::string& what);
   void skip_exact(uint64_t n, const std::string& what);
+  // Bytes left when the stream knows its length (a zip member), else -1: lets readers of untrusted
+  // headers refuse sizes the data cannot hold before allocating for them.
+  virtual int64_t remaining() const { return -1; }
 
  protected:
   explicit ByteStream(std::string name) : name_(std::move(name)) {}
@@ -77,7 +80,9 @@ class ZipArchive {
   std::vector<ZipEntry> entries_;
 };
 
-// The header of a .npy array; the stream is left at the first data byte.
+// The header of a .npy array; the stream is left at the first data byte. The header dict is read by a
+// small scanner (no regex): 'descr' must give an item size, 'shape' non-negative dimensions whose byte
+// count fits 63 bits (and the stream's remaining bytes when it knows them); errors name the stream.
 struct NpyHeader {
   std::string descr;  // e.g. "|u1", "<i8"
   bool fortran_order = false;

@@ -502,6 +502,13 @@ Manifest read_manifest(const std::string& dir) {
   d.num_classes = num(j, "num_classes");
   d.total_records = num(j, "total_records");
   d.shard_count = num(j, "shard_count");
+  // Bounds a damaged manifest cannot pass: image sizes that products of them (a record's bytes, a batch's)
+  // stay far from 64-bit overflow, and non-negative counts.
+  if (d.height < 1 || d.height > 65536 || d.width < 1 || d.width > 65536 || d.channels < 1 || d.channels > 64)
+    throw std::runtime_error(fmt::format("{}: image size {}x{}x{} is out of range (1..65536 x 1..65536 x 1..64)", path,
+                                         d.height, d.width, d.channels));
+  if (d.num_classes < 0 || d.total_records < 0 || d.shard_count < 0)
+    throw std::runtime_error(fmt::format("{}: negative num_classes, total_records or shard_count", path));
   const Json& arr = j.at("shards", path);
   if (arr.kind != Json::Arr || int64_t(arr.arr.size()) != d.shard_count)
     throw std::runtime_error(fmt::format("{}: expected {} shard entries, found {}", path, d.shard_count, arr.arr.size()));
@@ -519,7 +526,9 @@ Manifest read_manifest(const std::string& dir) {
     if (s.first_record != next || s.records <= 0)
       throw std::runtime_error(fmt::format("{}: shards[{}] first_record {} / records {} do not follow the previous shard "
                                            "(next record {})", path, i, s.first_record, s.records, next));
-    next += s.records;
+    if (s.file_bytes < 0 || __builtin_add_overflow(next, s.records, &next))
+      throw std::runtime_error(fmt::format("{}: shards[{}] has out-of-range records {} / file_bytes {}", path, i, s.records,
+                                           s.file_bytes));
     m.shards.push_back(s);
   }
   if (next != d.total_records)
