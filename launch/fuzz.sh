@@ -37,7 +37,11 @@ if [ "$build" = 1 ]; then
   echo "fuzz: built $(cat "$dir/targets.txt" | wc -w) targets in $(( $(date +%s) - t0 )) s ($dir)"
 fi
 [ -n "$targets" ] || targets="$(cat "$dir/targets.txt")"
-python3 tests/fuzz/make_inputs.py "$dir/inputs" >/dev/null
+# Debian's python3 has numpy, torch and PIL (launch/setup.sh installs them): torch.save'd .pt seeds and JPEG/WebP
+# seeds come from those; another python3 makes the rest.
+py=python3
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c "import torch, PIL" 2>/dev/null && py=/usr/bin/python3
+"$py" tests/fuzz/make_inputs.py "$dir/inputs" >/dev/null
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=0:abort_on_error=0}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 export OMP_NUM_THREADS=1
