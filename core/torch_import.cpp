@@ -55,6 +55,8 @@ class ZipReader {
   // Checks, before anything is allocated for it, that `e` can hold its uncompressed size: a stored entry
   // lies inside the file, a deflated one cannot expand more than deflate allows (about 1032:1).
   void check(const ZipEntry& e) const {
+    if (e.method != 0 && e.method != 8)  // before its size is trusted for anything
+      fail(fmt::format("entry '{}' uses zip compression method {} (only stored and deflate are supported)", e.name, e.method));
     if (e.csize > size_) fail(fmt::format("entry '{}' is larger ({} bytes) than the file", e.name, e.csize));
     if (e.method == 0 && e.usize != e.csize) fail(fmt::format("stored entry '{}' has different sizes", e.name));
     if (e.method == 8 && e.usize / 1032 > e.csize + 1)

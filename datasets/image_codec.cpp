@@ -31,6 +31,18 @@ const char* format_name(ImageFormat f) {
 }
 
 // Pillow's RGB -> L: L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16 (libImaging/Convert.c, L24).
+// A few header bytes can declare a 65535 x 65535 image (12 GB of pixels): the decoders refuse anything above
+// this many pixels before allocating. 64 megapixels is far above every dataset here (LSUN and ImageNet
+// images are at most a few megapixels) and keeps one decoded image (and its RGB copy) under 400 MB.
+constexpr int64_t kMaxImagePixels = int64_t(1) << 26;
+
+static bool too_large(int64_t w, int64_t h) { return w <= 0 || h <= 0 || w > kMaxImagePixels / h; }
+
+static std::string size_error(const std::string& origin, const char* format, int64_t w, int64_t h) {
+  return fmt::format("{}: {} header declares {} x {} pixels: empty, or above this reader's limit of {} megapixels", origin, format,
+                     w, h, kMaxImagePixels >> 20);
+}
+
 static Image rgb_to_l(const Image& rgb) {
   Image out(rgb.height, rgb.width, 1);
   const uint8_t* s = rgb.pixels.data();
@@ -106,6 +118,11 @@ static Image decode_jpeg(const uint8_t* data, size_t n, const std::string& origi
   } else {
     jpeg_destroy_decompress(&cinfo);
     throw std::runtime_error(fmt::format("{}: JPEG with {} components is not supported", origin, comps));
+  }
+  if (too_large(cinfo.image_width, cinfo.image_height)) {
+    const std::string msg = size_error(origin, "JPEG", cinfo.image_width, cinfo.image_height);
+    jpeg_destroy_decompress(&cinfo);
+    throw std::runtime_error(msg);
   }
   jpeg_start_decompress(&cinfo);
   const int oc = cinfo.output_components;
@@ -188,6 +205,10 @@ static Image decode_png(const uint8_t* data, size_t n, const std::string& origin
   const int64_t w = png_get_image_width(png, info), h = png_get_image_height(png, info);
   const int ch = png_get_channels(png, info);
   if (ch != 1 && ch != 3) png_error(png, "unexpected channel count after expansion");
+  if (too_large(w, h)) {
+    err.message = fmt::format("declares {} x {} pixels: empty, or above this reader's limit of {} megapixels", w, h, kMaxImagePixels >> 20);
+    png_longjmp(png, 1);  // no C++ temporary alive across the jump
+  }
   img = Image(h, w, ch);
   rows.resize(size_t(h));
   for (int64_t y = 0; y < h; ++y) rows[size_t(y)] = img.row(y);
@@ -237,6 +258,7 @@ std::string encode_png(const Image& img) {
 static Image decode_webp(const uint8_t* data, size_t n, const std::string& origin) {
   int w = 0, h = 0;
   if (!WebPGetInfo(data, n, &w, &h)) throw std::runtime_error(fmt::format("{}: corrupt WebP header", origin));
+  if (too_large(w, h)) throw std::runtime_error(size_error(origin, "WebP", w, h));
   Image img(h, w, 3);
   // Default decoder settings (fancy upsampling), as Pillow's WebP plugin uses; alpha, if any, is dropped.
   if (!WebPDecodeRGBInto(data, n, img.pixels.data(), img.pixels.size(), int(w * 3)))
