@@ -21,6 +21,7 @@
 # With CM_NODES_OWNER=PID (a test's process id) a watcher runs `stop` as soon as that process is gone, so
 # nothing stays behind even when the test is killed before its own teardown.
 set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
 
 cmd=${1:-}
 dir=${2:-}
@@ -157,8 +158,16 @@ for h in "${hosts[@]}"; do
   # The holder: a process that owns the host's UTS and mount namespaces (hostname, /etc/hosts, node-local
   # /tmp); daemons and commands enter them with nsenter.
   mkdir -p "$dir/tmp/$h" && chmod 1777 "$dir/tmp/$h"
+  # What must stay shared although it lies under /tmp (a checkout or CI clone in /tmp, CM_NODES_SHARE="DIR ..."):
+  # bound into the node-local /tmp at the same path, so every host sees the one copy, as on a shared file system.
+  binds=""
+  for p in "$repo" ${CM_NODES_SHARE:-}; do
+    case "$p" in
+      /tmp/*) rel=${p#/tmp/}; mkdir -p "$dir/tmp/$h/$rel"; binds+="mount --bind '$p' '$dir/tmp/$h/$rel' && " ;;
+    esac
+  done
   setsid nsenter --net="/run/netns/$h" unshare --uts --mount --propagation private sh -c \
-    "mount --bind '$dir/hosts' /etc/hosts && mount --bind '$dir/tmp/$h' /tmp && hostname $h && echo \$\$ > '$dir/$h.holder.tmp' && exec sleep infinity" \
+    "mount --bind '$dir/hosts' /etc/hosts && $binds mount --rbind '$dir/tmp/$h' /tmp && hostname $h && echo \$\$ > '$dir/$h.holder.tmp' && exec sleep infinity" \
     </dev/null >/dev/null 2>&1 &
   for _ in $(seq 50); do [[ -s "$dir/$h.holder.tmp" ]] && break; sleep 0.1; done
   mv "$dir/$h.holder.tmp" "$dir/$h.holder"
