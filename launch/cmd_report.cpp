@@ -24,7 +24,8 @@ are embedded PNGs, no scripts or fonts are fetched - so it can be copied off the
     revision, world size, device, host, committed checkpoints
   - curves from metrics.jsonl: training loss, FID against training images (when [eval] was on; the recipe's
     sampling and one step),
-    throughput in images/s, and the schedule's quantities (N, mu, ...)
+    throughput in images/s, the schedule's quantities (N, mu, ...), and with mixed precision the loss scale
+    and the skipped (non-finite) steps
   - sample pictures over time (samples/step_*.png; at most --max-pictures, default 12, evenly spaced,
     always with the last) and the final samples.png
   - the resolved config.toml and the command-line overrides
@@ -260,8 +261,11 @@ int run(const std::vector<std::string>& argv) {
   if (!m.fid.empty()) chart("FID (in-training, [eval], sample.ts)", "training images seen", m.fid, true);
   if (!m.fid_1step.empty()) chart("FID, one step (in-training)", "training images seen", m.fid_1step, true);
   if (auto it = m.by_step.find("images_per_sec"); it != m.by_step.end()) chart("throughput (images/s)", "step", it->second, false);
+  // Mixed precision and non-finite steps (core/precision.h): the loss scale (log axis) and the skipped-step count.
+  if (auto it = m.by_step.find("loss_scale"); it != m.by_step.end()) chart("loss scale (fp16)", "step", it->second, true);
+  if (auto it = m.by_step.find("skipped_steps"); it != m.by_step.end()) chart("skipped steps (non-finite), total", "step", it->second, false);
   for (auto& [k, s] : m.by_step)
-    if (k != "loss" && k != "images_per_sec") chart("schedule: " + k, "step", s, false);
+    if (k != "loss" && k != "images_per_sec" && k != "loss_scale" && k != "skipped_steps") chart("schedule: " + k, "step", s, false);
   body += "</div>";
   if (charts == 0) body += "<p>No metrics logged yet (metrics.jsonl is empty or missing).</p>";
   if (m.fid.empty()) body += "<p class=\"note\">No FID during training: set <code>eval.every_images</code> (see <code>cm eval --help</code>).</p>";
