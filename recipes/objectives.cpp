@@ -53,10 +53,11 @@ torch::Tensor rows_randn(const StepInfo& s, uint64_t stream, torch::IntArrayRef 
   return torch::stack(rows);
 }
 
-// Uniform in [0, 1) with 53 random bits from the hash of (seed, stream, step, row, k).
+// Uniform in [0, 1) with 53 random bits from the hash of (seed, stream, step, row, k) (derive_seed gives 63
+// bits: the top 53 of them).
 double row_uniform(const StepInfo& s, uint64_t stream, int64_t row, uint64_t k) {
   const uint64_t h = derive_seed(derive_seed(s.seed, stream, static_cast<uint64_t>(s.step), static_cast<uint64_t>(row)), k);
-  return static_cast<double>(h >> 11) * 0x1.0p-53;
+  return static_cast<double>(h >> 10) * 0x1.0p-53;
 }
 
 torch::Tensor rows_uniform(const StepInfo& s, uint64_t stream) {
