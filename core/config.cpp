@@ -278,17 +278,11 @@ static std::vector<std::string> leaf_paths(const toml::table& t) {
   return r;
 }
 
-Config Config::compose(const std::string& recipe, const std::vector<std::string>& overrides) {
-  const std::string path = find_recipe(recipe);
-  Config recipe_cfg = load_file(path);
-  toml::table& own = recipe_cfg.impl_->root;
+using GroupChoices = std::vector<std::pair<std::string, std::string>>;  // (group, option) in `defaults` order
 
-  // Group search: the recipe's own directory first, then the search path.
-  std::vector<std::string> dirs = {fs::path(path).parent_path().string()};
-  for (auto& d : recipe_search_path()) dirs.push_back(d);
-
-  // defaults = ["group/option", ...]
-  std::vector<std::pair<std::string, std::string>> defaults;
+// defaults = ["group/option", ...] of a recipe, removed from its table.
+static GroupChoices take_defaults(toml::table& own, const std::string& path) {
+  GroupChoices defaults;
   if (auto* d = own.get("defaults")) {
     auto* arr = d->as_array();
     if (!arr) throw ConfigError(fmt::format("{}: 'defaults' must be an array of \"group/option\" strings", path));
@@ -301,8 +295,11 @@ Config Config::compose(const std::string& recipe, const std::vector<std::string>
     }
     own.erase("defaults");
   }
+  return defaults;
+}
 
-  // Split overrides into group choices and key edits.
+// Applies the group choices (group=option) among `overrides` to `defaults`; returns the key edits.
+static std::vector<std::string> choose_groups(const std::vector<std::string>& overrides, GroupChoices& defaults) {
   std::vector<std::string> key_edits;
   for (auto& o : overrides) {
     auto eq = o.find('=');
@@ -319,66 +316,86 @@ Config Config::compose(const std::string& recipe, const std::vector<std::string>
       throw ConfigError(fmt::format("override '{}' is not of the form key=value, group=option, +key=value or ~key", o));
     key_edits.push_back(o);
   }
+  return key_edits;
+}
 
-  Config out;
-  out.recipe_path_ = path;
-  out.overrides_ = overrides;
-  toml::table& root = out.impl_->root;
+// _base.toml, then the chosen group files, then the recipe's own keys, into `root`; records the choices in
+// [groups] so the resolved config says what it was made of.
+static void merge_layers(toml::table& root, const std::vector<std::string>& dirs, const GroupChoices& defaults,
+                         const toml::table& own, const std::string& path) {
   // _base.toml (first found on the group search path) holds the keys every recipe has, with their
   // defaults, so that `run.dir=...` or `train.seed=3` work as plain overrides.
   for (auto& d : dirs) {
     std::error_code ec;
     fs::path base = fs::path(d) / "_base.toml";
     if (fs::is_regular_file(base, ec)) {
-      merge_into(root, load_file(base.string()).impl_->root);
+      merge_into(root, Config::load_file(base.string()).impl()->root);
       break;
     }
   }
   for (auto& [group, option] : defaults) {
     std::string file = find_group_file(dirs, group, option, fmt::format("{} (defaults)", path));
-    Config g = load_file(file);
+    Config g = Config::load_file(file);
     if (!root.get(group)) root.insert(group, toml::table{});
     if (!root.get(group)->is_table())
       throw ConfigError(fmt::format("{}: key '{}' clashes with config group '{}'", path, group, group));
-    merge_into(*root.get(group)->as_table(), g.impl_->root);
+    merge_into(*root.get(group)->as_table(), g.impl()->root);
   }
   merge_into(root, own);
-  // Record the chosen group options so the resolved config says what it was made of.
-  {
-    toml::table groups;
-    for (auto& [group, option] : defaults) groups.insert(group, option);
-    root.insert_or_assign("groups", groups);
-  }
+  toml::table groups;
+  for (auto& [group, option] : defaults) groups.insert(group, option);
+  root.insert_or_assign("groups", groups);
+}
 
-  for (auto& o : key_edits) {
-    if (o.rfind('~', 0) == 0) {
-      auto parts = split(o.substr(1), '.');
-      toml::table* parent = nullptr;
-      if (!find_node(root, parts, &parent))
-        throw ConfigError(fmt::format("override '{}': key '{}' is not in the config", o, o.substr(1)));
-      parent->erase(parts.back());
-      continue;
-    }
-    bool add = o.rfind('+', 0) == 0;
-    std::string body = add ? o.substr(1) : o;
-    auto eq = body.find('=');
-    if (eq == std::string::npos) throw ConfigError(fmt::format("override '{}' has no '=value'", o));
-    std::string key = body.substr(0, eq), value = body.substr(eq + 1);
-    bool exists = out.has(key);
-    if (!add && !exists) {
-      std::string near = nearest(key, leaf_paths(root));
-      throw ConfigError(fmt::format("override '{}': key '{}' is not in the config{}; use '+{}' to add a new key", o,
-                                    key, near.empty() ? "" : fmt::format(" (did you mean '{}'?)", near), body));
-    }
-    if (add && exists)
-      throw ConfigError(fmt::format("override '{}': key '{}' already exists; set it with '{}'", o, key, body));
-    if (exists) {
-      auto* n = find_node(root, split(key, '.'), nullptr);
-      if (n->is_table())
-        throw ConfigError(fmt::format("override '{}': '{}' is a table; set one of its keys instead", o, key));
-    }
-    out.set(key, value);
+// One key edit of the overrides: ~a.b deletes, +a.b=v adds, a.b=v sets an existing key.
+static void apply_key_edit(Config& out, const std::string& o) {
+  toml::table& root = out.impl()->root;
+  if (o.rfind('~', 0) == 0) {
+    auto parts = split(o.substr(1), '.');
+    toml::table* parent = nullptr;
+    if (!find_node(root, parts, &parent))
+      throw ConfigError(fmt::format("override '{}': key '{}' is not in the config", o, o.substr(1)));
+    parent->erase(parts.back());
+    return;
   }
+  bool add = o.rfind('+', 0) == 0;
+  std::string body = add ? o.substr(1) : o;
+  auto eq = body.find('=');
+  if (eq == std::string::npos) throw ConfigError(fmt::format("override '{}' has no '=value'", o));
+  std::string key = body.substr(0, eq), value = body.substr(eq + 1);
+  bool exists = out.has(key);
+  if (!add && !exists) {
+    std::string near = nearest(key, leaf_paths(root));
+    throw ConfigError(fmt::format("override '{}': key '{}' is not in the config{}; use '+{}' to add a new key", o,
+                                  key, near.empty() ? "" : fmt::format(" (did you mean '{}'?)", near), body));
+  }
+  if (add && exists)
+    throw ConfigError(fmt::format("override '{}': key '{}' already exists; set it with '{}'", o, key, body));
+  if (exists) {
+    auto* n = find_node(root, split(key, '.'), nullptr);
+    if (n->is_table())
+      throw ConfigError(fmt::format("override '{}': '{}' is a table; set one of its keys instead", o, key));
+  }
+  out.set(key, value);
+}
+
+Config Config::compose(const std::string& recipe, const std::vector<std::string>& overrides) {
+  const std::string path = find_recipe(recipe);
+  Config recipe_cfg = load_file(path);
+  toml::table& own = recipe_cfg.impl_->root;
+
+  // Group search: the recipe's own directory first, then the search path.
+  std::vector<std::string> dirs = {fs::path(path).parent_path().string()};
+  for (auto& d : recipe_search_path()) dirs.push_back(d);
+
+  GroupChoices defaults = take_defaults(own, path);
+  const std::vector<std::string> key_edits = choose_groups(overrides, defaults);
+
+  Config out;
+  out.recipe_path_ = path;
+  out.overrides_ = overrides;
+  merge_layers(out.impl_->root, dirs, defaults, own, path);
+  for (auto& o : key_edits) apply_key_edit(out, o);
   return out;
 }
 

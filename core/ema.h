@@ -1,11 +1,14 @@
 // Exponential moving averages of parameters: the target network theta- (rate mu(k)) and the sampling
-// EMAs (fixed rates). Updated locally on every rank with the same ops from identical parameters, so they
+// EMAs (fixed rates), owned together by a run's EmaSet. Updated locally on every rank with the same ops from identical parameters, so they
 // stay bit-identical across ranks without communication.
 #pragma once
+#include <functional>
 #include <string>
 #include <vector>
 #include <torch/types.h>
+#include "core/network.h"
 #include "core/safetensors.h"
+#include "core/train_state.h"
 
 namespace cm {
 
@@ -27,6 +30,39 @@ class SamplingEmas {
  private:
   std::vector<double> rates_;
   std::vector<std::vector<torch::Tensor>> emas_;
+};
+
+// "ema_0.9999.safetensors": a sampling EMA's file in checkpoints and run directories.
+std::string ema_file_name(double rate);
+// The student's layout (network_state order: parameters, then buffers) with an EMA's values for the
+// parameters: what an EMA file holds, so `cm sample --weights` reads it like a model file.
+NamedTensors ema_state(const torch::nn::Module& student, const std::vector<torch::Tensor>& ema);
+
+// Every moving average of a run, with one owner: the target theta- when it is a network of its own (rate
+// mu(k), from the objective) and the sampling EMAs (fixed rates, train.ema_rates). As a part of the
+// training state it writes objective.safetensors ("target.*") and one ema_<rate>.safetensors each.
+class EmaSet : public StatePart {
+ public:
+  // target: null when theta- = stopgrad(theta) (iCT) or there is none (EDM); target_rate(k) = mu(k).
+  EmaSet(NetworkPtr student, NetworkPtr target, std::function<double(int64_t)> target_rate, const std::vector<double>& sampling_rates);
+  // After optimizer step `step`: theta- <- mu(step) theta- + (1 - mu(step)) theta, then every sampling EMA.
+  void update(int64_t step);
+  // theta- <- theta exactly (after rank 0's parameters were broadcast to every rank).
+  void reset_target();
+  NetworkPtr target() const { return target_; }
+  SamplingEmas& sampling() { return sampling_; }
+  const SamplingEmas& sampling() const { return sampling_; }
+  // "target.<name>" for every tensor of theta- (parameters and buffers); empty without a target network.
+  NamedTensors target_state() const;
+
+  std::vector<StateFile> files() const override;
+  std::vector<std::pair<std::string, std::string>> json_members() const override;
+  void restore(const StateReader& r) override;
+
+ private:
+  NetworkPtr student_, target_;
+  std::function<double(int64_t)> target_rate_;
+  SamplingEmas sampling_;
 };
 
 }  // namespace cm

@@ -1,4 +1,5 @@
-// Pictures for people: PNG writing (zlib), image grids of samples, and scatter plots of 2-D samples over data.
+// Pictures for people: PNG files (libpng, see core/png.h), image grids of samples, and scatter plots of
+// 2-D samples over data.
 #pragma once
 #include <string>
 #include <torch/types.h>
@@ -7,7 +8,7 @@ namespace cm {
 
 // Writes a uint8 [H, W, C] tensor (C = 1, 3 or 4) as PNG, atomically. Throws naming the path.
 void write_png(const std::string& path, const torch::Tensor& hwc_uint8);
-// Reads a PNG written by write_png (8-bit, no interlace) back to uint8 [H, W, C]; for tests and tools.
+// Reads a PNG (such as one written by write_png) back to uint8 [H, W, C], alpha kept; for tests and tools.
 torch::Tensor read_png(const std::string& path);
 
 // float images in [-1, 1] -> uint8 as the reference does: clamp(((x + 1) * 127.5).round(), 0, 255).

@@ -1,14 +1,14 @@
-// Small JSON reader (see json.h).
+// JSON reading and escaping (see json.h) on nlohmann/json (Debian nlohmann-json3-dev). Its SAX parser
+// builds cm::Json directly: the parser is iterative, so the nesting limit below is ours, counted in the
+// handler, and a hostile file nested thousands deep is a clean error, not a stack overflow. What stays
+// here is only the mapping of nlohmann's events and errors to cm::Json and to this project's messages.
 #include "core/json.h"
 
-#include <cctype>
-#include <cerrno>
-#include <climits>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <fmt/format.h>
+#include <iterator>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 
 namespace cm {
@@ -26,180 +26,160 @@ const Json& Json::at(const std::string& key, const std::string& origin) const {
 }
 
 std::string json_escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '"' || c == '\\') o += '\\', o += c;
-    else if (c == '\n') o += "\\n";
-    else if (static_cast<unsigned char>(c) < 0x20) o += fmt::format("\\u{:04x}", static_cast<int>(c));
-    else o += c;
-  }
-  return o;
+  // nlohmann writes "\"...\"": drop the quotes. Bytes that are not UTF-8 become U+FFFD, so that what we
+  // write is always JSON that a strict reader (ours included) reads back.
+  const std::string quoted = nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return quoted.substr(1, quoted.size() - 2);
 }
 
 namespace {
-class Parser {
+
+// A char iterator that records how far the parser has read, so that errors found in the handler (nesting,
+// integer range) name their byte offset like nlohmann's own errors do.
+struct CountingIter {
+  using iterator_category = std::input_iterator_tag;
+  using value_type = char;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const char*;
+  using reference = const char&;
+  const char* p = nullptr;
+  const char** seen = nullptr;
+  reference operator*() const { return *p; }
+  CountingIter& operator++() {
+    *seen = ++p;
+    return *this;
+  }
+  bool operator==(const CountingIter& o) const { return p == o.p; }
+  bool operator!=(const CountingIter& o) const { return p != o.p; }
+};
+
+// Text of the number the parser stopped in or just after ("1-2", "-", "1e999"), or "" when it stopped
+// elsewhere: such errors keep the reader's old wording, "bad number '...'".
+std::string number_around(const std::string& s, size_t at) {
+  auto numeric = [](char c) { return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E'; };
+  at = std::min(at, s.size());
+  size_t b = at, e = at;
+  while (b > 0 && numeric(s[b - 1])) --b;
+  while (e < s.size() && numeric(s[e])) ++e;
+  if (b == e || !(s[b] == '-' || (s[b] >= '0' && s[b] <= '9'))) return "";
+  return s.substr(b, std::min<size_t>(e - b, 40));
+}
+
+class Builder : public nlohmann::json_sax<nlohmann::json> {
  public:
-  Parser(const std::string& s, const std::string& origin) : s_(s), origin_(origin) {}
+  static constexpr int kMaxDepth = 512;
+
+  Builder(const std::string& text, const std::string& origin) : s_(text), origin_(origin), seen_(text.data()) {}
+
   Json parse() {
-    Json j = value();
-    ws();
-    if (i_ != s_.size()) fail("trailing characters");
-    return j;
+    CountingIter first{s_.data(), &seen_}, last{s_.data() + s_.size(), &seen_};
+    if (!nlohmann::json::sax_parse(first, last, this, nlohmann::json::input_format_t::json, /*strict=*/true))
+      throw std::runtime_error(error_.empty() ? message(offset(), "malformed input") : error_);
+    return std::move(root_);
+  }
+
+  bool null() override { return put(Json{}); }
+  bool boolean(bool v) override {
+    Json j;
+    j.kind = Json::Bool, j.b = v;
+    return put(std::move(j));
+  }
+  bool number_integer(number_integer_t v) override { return put(integral(v)); }
+  bool number_unsigned(number_unsigned_t v) override {
+    if (v > uint64_t(INT64_MAX)) return fail(offset(), fmt::format("integer out of range '{}'", v));
+    return put(integral(int64_t(v)));
+  }
+  bool number_float(number_float_t v, const string_t& text) override {
+    // nlohmann hands integers beyond 64 bits over as floats: the old reader refused those.
+    if (text.find_first_of(".eE") == std::string::npos)
+      return fail(offset(), "integer out of range '" + text.substr(0, 40) + "'");
+    if (!std::isfinite(v)) return fail(offset(), "bad number '" + text.substr(0, 40) + "'");
+    Json j;
+    j.kind = Json::Num, j.num = v;
+    // Saturate instead of an out-of-range (undefined) float-to-int conversion.
+    j.integer = v >= 9.2e18 ? INT64_MAX : v <= -9.2e18 ? INT64_MIN : static_cast<int64_t>(v);
+    return put(std::move(j));
+  }
+  bool string(string_t& v) override {
+    Json j;
+    j.kind = Json::Str, j.str = std::move(v);
+    return put(std::move(j));
+  }
+  bool binary(binary_t&) override { return fail(offset(), "binary value"); }
+  bool start_object(std::size_t) override { return open(Json::Obj); }
+  bool key(string_t& k) override {
+    open_.back()->obj.emplace_back(std::move(k), Json{});
+    return true;
+  }
+  bool end_object() override { return close(); }
+  bool start_array(std::size_t) override { return open(Json::Arr); }
+  bool end_array() override { return close(); }
+  bool parse_error(std::size_t byte, const std::string& token, const nlohmann::detail::exception& ex) override {
+    const size_t at = byte ? byte - 1 : 0;  // nlohmann counts the characters read, the failing one included
+    std::string what = ex.what();
+    const size_t col = what.find("column ");
+    const size_t colon = col == std::string::npos ? std::string::npos : what.find(": ", col);
+    if (colon != std::string::npos) what = what.substr(colon + 2);  // drop "[json.exception...] ... column N: "
+    else if (what.rfind("[json.exception.", 0) == 0 && what.find("] ") != std::string::npos) what = what.substr(what.find("] ") + 2);
+    const size_t tok_start = at >= token.size() ? at + 1 - token.size() : 0;
+    std::string number = number_around(s_, tok_start);
+    if (what.find("'\\u' must be followed by 4 hex digits") != std::string::npos)
+      what = "bad \\u escape (4 hex digits expected)";
+    else if (!number.empty() && (ex.id == 406 || what.find("invalid number") != std::string::npos ||
+                                 (tok_start > 0 && number.size() > token.size())))
+      what = "bad number '" + number + "'";
+    if (what.size() > 200) what = what.substr(0, 200) + "...";
+    return fail(at, what);
   }
 
  private:
-  [[noreturn]] void fail(const std::string& what) {
-    throw std::runtime_error(fmt::format("{}: malformed JSON at byte {}: {}", origin_, i_, what));
+  std::string message(size_t at, const std::string& what) const {
+    return fmt::format("{}: malformed JSON at byte {}: {}", origin_, at, what);
   }
-  void ws() {
-    while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_;
-  }
-  char peek() {
-    ws();
-    if (i_ >= s_.size()) fail("unexpected end");
-    return s_[i_];
-  }
-  void expect(char c) {
-    if (peek() != c) fail(fmt::format("expected '{}'", c));
-    ++i_;
-  }
-  bool literal(const char* w) {
-    size_t n = std::char_traits<char>::length(w);
-    if (s_.compare(i_, n, w) == 0) return i_ += n, true;
+  bool fail(size_t at, const std::string& what) {
+    if (error_.empty()) error_ = message(at, what);
     return false;
   }
-  std::string string() {
-    expect('"');
-    std::string out;
-    while (true) {
-      if (i_ >= s_.size()) fail("unterminated string");
-      char c = s_[i_++];
-      if (c == '"') break;
-      if (c != '\\') {
-        out += c;
-        continue;
-      }
-      if (i_ >= s_.size()) fail("bad escape");
-      char e = s_[i_++];
-      switch (e) {
-        case 'n': out += '\n'; break;
-        case 't': out += '\t'; break;
-        case 'r': out += '\r'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'u': {
-          if (i_ + 4 > s_.size()) fail("bad \\u escape");
-          unsigned cp = 0;
-          for (int k = 0; k < 4; ++k) {
-            const char h = s_[i_ + k];
-            cp <<= 4;
-            if (h >= '0' && h <= '9') cp |= static_cast<unsigned>(h - '0');
-            else if (h >= 'a' && h <= 'f') cp |= static_cast<unsigned>(h - 'a' + 10);
-            else if (h >= 'A' && h <= 'F') cp |= static_cast<unsigned>(h - 'A' + 10);
-            else fail("bad \\u escape (4 hex digits expected)");
-          }
-          i_ += 4;
-          if (cp < 0x80) out += static_cast<char>(cp);
-          else if (cp < 0x800) out += static_cast<char>(0xC0 | (cp >> 6)), out += static_cast<char>(0x80 | (cp & 0x3F));
-          else
-            out += static_cast<char>(0xE0 | (cp >> 12)), out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F)),
-                out += static_cast<char>(0x80 | (cp & 0x3F));
-          break;
-        }
-        default: out += e;
-      }
-    }
-    return out;
-  }
-  // Nesting limit: the parser recurses once per array/object level, so hostile input nested
-  // thousands deep must be an error, not a stack overflow.
-  static constexpr int kMaxDepth = 512;
-  struct DepthGuard {
-    int& d;
-    explicit DepthGuard(int& depth) : d(depth) { ++d; }
-    ~DepthGuard() { --d; }
-  };
-  Json value() {
-    char c = peek();
+  // Offset of the last character the parser read: the one it is looking at.
+  size_t offset() const { return seen_ > s_.data() ? size_t(seen_ - s_.data()) - 1 : 0; }
+  static Json integral(int64_t v) {
     Json j;
-    if (c == '{' || c == '[') {
-      if (depth_ >= kMaxDepth) fail(fmt::format("nesting deeper than {} levels", kMaxDepth));
-    }
-    DepthGuard guard(depth_);
-    if (c == '{') {
-      j.kind = Json::Obj;
-      ++i_;
-      if (peek() == '}') return ++i_, j;
-      while (true) {
-        std::string k = string();
-        expect(':');
-        j.obj.emplace_back(k, value());
-        if (peek() == ',') {
-          ++i_;
-          continue;
-        }
-        expect('}');
-        return j;
-      }
-    }
-    if (c == '[') {
-      j.kind = Json::Arr;
-      ++i_;
-      if (peek() == ']') return ++i_, j;
-      while (true) {
-        j.arr.push_back(value());
-        if (peek() == ',') {
-          ++i_;
-          continue;
-        }
-        expect(']');
-        return j;
-      }
-    }
-    if (c == '"') {
-      j.kind = Json::Str;
-      j.str = string();
-      return j;
-    }
-    if (literal("true")) return j.kind = Json::Bool, j.b = true, j;
-    if (literal("false")) return j.kind = Json::Bool, j;
-    if (literal("null")) return j;
-    if (c == '-' || std::isdigit(static_cast<unsigned char>(c))) {
-      size_t start = i_;
-      bool integral = true;
-      while (i_ < s_.size() && (std::isdigit(static_cast<unsigned char>(s_[i_])) || std::strchr("+-.eE", s_[i_]))) {
-        if (std::strchr(".eE", s_[i_])) integral = false;
-        ++i_;
-      }
-      const std::string t = s_.substr(start, i_ - start);
-      j.kind = Json::Num;
-      // Parsed without exceptions (std::stod/stoll would report only "stod"/"stoll").
-      char* end = nullptr;
-      errno = 0;
-      j.num = std::strtod(t.c_str(), &end);
-      if (t.empty() || end != t.c_str() + t.size() || errno == ERANGE || !std::isfinite(j.num))
-        fail("bad number '" + t.substr(0, 40) + "'");
-      if (integral) {
-        errno = 0;
-        end = nullptr;
-        long long v = std::strtoll(t.c_str(), &end, 10);
-        if (end != t.c_str() + t.size() || errno == ERANGE) fail("integer out of range '" + t.substr(0, 40) + "'");
-        j.integer = v;
-      } else {
-        // Saturate instead of an out-of-range (undefined) float-to-int conversion.
-        j.integer = j.num >= 9.2e18 ? INT64_MAX : j.num <= -9.2e18 ? INT64_MIN : static_cast<int64_t>(j.num);
-      }
-      return j;
-    }
-    fail(fmt::format("unexpected character '{}'", c));
+    j.kind = Json::Num, j.num = static_cast<double>(v), j.integer = v;
+    return j;
   }
+  // Where the next value goes: the root, the open array's new element, or the open object's last key.
+  Json* slot() {
+    if (open_.empty()) return &root_;
+    Json* c = open_.back();
+    if (c->kind == Json::Arr) return &c->arr.emplace_back();
+    return &c->obj.back().second;
+  }
+  bool put(Json&& v) {
+    *slot() = std::move(v);
+    return true;
+  }
+  bool open(Json::Kind k) {
+    if (int(open_.size()) >= kMaxDepth) return fail(offset(), fmt::format("nesting deeper than {} levels", kMaxDepth));
+    Json* j = slot();
+    j->kind = k;
+    open_.push_back(j);
+    return true;
+  }
+  bool close() {
+    open_.pop_back();
+    return true;
+  }
+
   const std::string& s_;
-  std::string origin_;
-  size_t i_ = 0;
-  int depth_ = 0;
+  const std::string& origin_;
+  const char* seen_;
+  Json root_;
+  std::vector<Json*> open_;  // the containers being filled, outermost first
+  std::string error_;
 };
+
 }  // namespace
 
-Json parse_json(const std::string& text, const std::string& origin) { return Parser(text, origin).parse(); }
+Json parse_json(const std::string& text, const std::string& origin) { return Builder(text, origin).parse(); }
 
 }  // namespace cm

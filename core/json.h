@@ -1,5 +1,6 @@
-// A small JSON reader for the project's own metadata files (safetensors headers, dataset manifests):
-// objects, arrays, strings, integers, floats, booleans and null. Not a general-purpose library.
+// JSON of the project's metadata files (safetensors headers, dataset manifests, checkpoint markers):
+// read with nlohmann/json into this small tree (objects keep their members in file order), and escaped
+// for writing with it too (core/json.cpp).
 #pragma once
 #include <cstdint>
 #include <string>

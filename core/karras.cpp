@@ -24,32 +24,6 @@ torch::Tensor karras_grid_tensor(int64_t n, const NoiseRange& r) {
   return torch::tensor(g, torch::kFloat64);
 }
 
-int64_t CtCurriculum::num_scales(int64_t k) const {
-  const double frac = static_cast<double>(k) / static_cast<double>(total_steps);
-  const double inner = frac * (std::pow(s1 + 1.0, 2) - std::pow(static_cast<double>(s0), 2)) + std::pow(static_cast<double>(s0), 2);
-  int64_t s = static_cast<int64_t>(std::ceil(std::sqrt(inner) - 1.0));
-  return std::max<int64_t>(s, 1) + 1;
-}
-
-double CtCurriculum::target_ema(int64_t k) const {
-  const double s = static_cast<double>(num_scales(k) - 1);
-  const double c = -std::log(mu0) * static_cast<double>(s0);
-  return std::exp(-c / s);
-}
-
-int64_t IctCurriculum::steps_per_stage() const {
-  // The paper's K' = floor(K / (log2 floor(s1/s0) + 1)): no floor on the log2 (with one, a 10 -> 300
-  // curriculum would spread 5 stages over K and never reach N = 301).
-  const double stages = std::log2(std::floor(static_cast<double>(s1) / static_cast<double>(s0))) + 1.0;
-  return std::max<int64_t>(1, static_cast<int64_t>(std::floor(static_cast<double>(total_steps) / stages)));
-}
-
-int64_t IctCurriculum::num_scales(int64_t k) const {
-  const int64_t stage = k / steps_per_stage();
-  const int64_t n = stage >= 62 ? s1 : std::min<int64_t>(s0 << stage, s1);
-  return n + 1;
-}
-
 std::vector<double> lognormal_pair_probs(const std::vector<double>& grid, double p_mean, double p_std) {
   std::vector<double> p(grid.size() - 1);
   double total = 0;

@@ -58,6 +58,26 @@ AutocastScope::~AutocastScope() {
   compat::set_autocast(static_cast<torch::DeviceType>(device_type_), was_enabled_, static_cast<torch::ScalarType>(was_dtype_));
 }
 
+AutocastOff::AutocastOff(const c10::Device& device) {
+  const auto type = device.is_cuda() ? torch::kCUDA : torch::kCPU;
+  device_type_ = static_cast<int>(type);
+  was_enabled_ = compat::autocast_enabled(type);
+  was_dtype_ = static_cast<int>(compat::autocast_dtype(type));
+  if (was_enabled_) compat::set_autocast(type, false, static_cast<torch::ScalarType>(was_dtype_));
+}
+
+AutocastOff::~AutocastOff() {
+  if (was_enabled_)
+    compat::set_autocast(static_cast<torch::DeviceType>(device_type_), true, static_cast<torch::ScalarType>(was_dtype_));
+}
+
+TargetPrecision parse_target_precision(const std::string& s) {
+  if (s == "auto") return TargetPrecision::Auto;
+  if (s == "fp32") return TargetPrecision::Fp32;
+  if (s == "same") return TargetPrecision::Same;
+  throw std::invalid_argument("train.target_precision '" + s + "' is not one of: auto, fp32, same");
+}
+
 LossScaler::LossScaler(LossScalerOptions o) : o_(o), scale_(o.init) {
   if (o_.enabled && !(o_.init > 0 && o_.growth >= 1 && o_.growth_interval >= 1 && o_.backoff > 0 && o_.backoff <= 1))
     throw ConfigError("loss scaling needs loss_scale_init > 0, loss_scale_growth >= 1, loss_scale_growth_interval >= 1 and "

@@ -52,6 +52,24 @@ class AutocastScope {
   int was_dtype_ = 0;
 };
 
+// No autocast for the scope's lifetime (on the device's type), whatever was on; restores it on exit.
+class AutocastOff {
+ public:
+  explicit AutocastOff(const c10::Device& device);
+  ~AutocastOff();
+  AutocastOff(const AutocastOff&) = delete;
+  AutocastOff& operator=(const AutocastOff&) = delete;
+
+ private:
+  int device_type_ = 0;
+  bool was_enabled_ = false;
+  int was_dtype_ = 0;
+};
+
+// train.target_precision (see _base.toml): the precision of the target's forward pass.
+enum class TargetPrecision { Auto, Fp32, Same };
+TargetPrecision parse_target_precision(const std::string& s);  // "auto" | "fp32" | "same"
+
 struct LossScalerOptions {
   bool enabled = false;         // train.loss_scale = "dynamic" (default for fp16) or "none"
   double init = 1048576.0;      // 2^20

@@ -6,13 +6,6 @@
 
 namespace cm {
 
-static uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
 uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
   uint64_t h = splitmix64(seed);
   h = splitmix64(h ^ a);

@@ -12,6 +12,24 @@
 
 namespace cm {
 
+// SplitMix64 (Steele, Lea and Flood 2014), the one copy: a tiny, well-mixed generator whose output is fixed by
+// its definition, so what it drives (derive_seed, the loader's epoch permutations and flips) is the same on
+// every platform and compiler (std:: distributions are not).
+constexpr uint64_t kSplitMix64Gamma = 0x9E3779B97F4A7C15ull;
+// The output for state `x`: the finalizer applied to x + gamma.
+constexpr uint64_t splitmix64(uint64_t x) {
+  x += kSplitMix64Gamma;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+// The generator form: returns splitmix64(state) and advances `state` by gamma.
+constexpr uint64_t splitmix64_next(uint64_t& state) {
+  const uint64_t out = splitmix64(state);
+  state += kSplitMix64Gamma;
+  return out;
+}
+
 uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b = 0, uint64_t c = 0);
 
 // Seed the default generator of `device` (CPU, or the given CUDA device).

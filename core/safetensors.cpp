@@ -1,5 +1,6 @@
-// Safetensors reader/writer (see safetensors.h). The JSON header is small and regular, so it is parsed
-// here by hand rather than pulling in a JSON library.
+// Safetensors reader/writer (see safetensors.h). The JSON header is written and read with nlohmann/json
+// (core/json.h); the file layout around it (8-byte length, data section) is written here, as there is no
+// Debian package of a safetensors library for C++.
 #include "core/safetensors.h"
 
 #include <fcntl.h>
@@ -9,10 +10,12 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <sstream>
 #include <tuple>
 #include <stdexcept>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 #include "core/json.h"
 
@@ -45,26 +48,23 @@ const char* dtype_name(torch::ScalarType t) {
 }  // namespace
 
 std::string safetensors_header(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
+  // One member at a time, in the order given (a name given twice is written twice, as before).
+  auto dump = [](const nlohmann::ordered_json& j) { return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace); };
   std::string header = "{";
-  if (!metadata.empty()) {
-    header += "\"__metadata__\":{";
-    bool first = true;
-    for (auto& [k, v] : metadata) {
-      header += fmt::format("{}\"{}\":\"{}\"", first ? "" : ",", json_escape(k), json_escape(v));
-      first = false;
-    }
-    header += "}";
-  }
+  auto member = [&](const std::string& key, const nlohmann::ordered_json& value) {
+    if (header.size() > 1) header += ',';
+    header += dump(key) + ':' + dump(value);
+  };
+  if (!metadata.empty()) member("__metadata__", nlohmann::ordered_json(metadata));
   size_t offset = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    auto& [name, t] = tensors[i];
+  for (auto& [name, t] : tensors) {
     if (!t.defined()) throw std::runtime_error(fmt::format("safetensors: tensor '{}' is undefined", name));
     const size_t nbytes = t.numel() * t.element_size();
-    std::vector<std::string> dims;
-    for (auto d : t.sizes()) dims.push_back(std::to_string(d));
-    header += fmt::format("{}\"{}\":{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
-                          (i == 0 && metadata.empty()) ? "" : ",", json_escape(name), dtype_name(t.scalar_type()),
-                          fmt::join(dims, ","), offset, offset + nbytes);
+    nlohmann::ordered_json entry;
+    entry["dtype"] = dtype_name(t.scalar_type());
+    entry["shape"] = t.sizes().vec();
+    entry["data_offsets"] = {offset, offset + nbytes};
+    member(name, entry);
     offset += nbytes;
   }
   header += "}";
@@ -89,16 +89,92 @@ std::string safetensors_bytes(const NamedTensors& tensors, const std::map<std::s
   return out;
 }
 
-TensorFile parse_safetensors(const std::string& bytes, const std::string& origin) {
+namespace {
+
+// One tensor's entry {dtype, shape, data_offsets}, its fields checked one by one.
+struct TensorSpec {
+  const DtypeName* dtype = nullptr;
+  std::vector<int64_t> shape;
+  int64_t begin = -1, end = -1, bytes = 0;
+};
+
+bool is_int(const Json& v) { return v.kind == Json::Num && static_cast<double>(v.integer) == v.num; }
+
+std::vector<int64_t> read_shape(const Json& v, const std::function<std::runtime_error(const std::string&)>& bad) {
+  if (v.kind != Json::Arr) throw bad("is not an array");
+  if (v.arr.size() > 64) throw bad(fmt::format("has {} dimensions (at most 64)", v.arr.size()));
+  std::vector<int64_t> shape;
+  for (auto& d : v.arr) {
+    if (!is_int(d)) throw bad("holds something other than an integer");
+    if (d.integer < 0) throw bad(fmt::format("has a negative dimension {}", d.integer));
+    shape.push_back(d.integer);
+  }
+  return shape;
+}
+
+TensorSpec read_entry(const std::string& origin, const std::string& name, const Json& e) {
+  auto bad = [&](const std::string& field, const std::string& what) {
+    return std::runtime_error(fmt::format("{}: tensor '{}': field '{}' {}", origin, name, field, what));
+  };
+  if (e.kind != Json::Obj) throw bad("(entry)", "is not an object {dtype, shape, data_offsets}");
+  TensorSpec t;
+  std::string dtype;
+  bool have_shape = false, have_offsets = false;
+  for (auto& [k, v] : e.obj) {
+    if (k == "dtype") {
+      if (v.kind != Json::Str) throw bad("dtype", "is not a string");
+      dtype = v.str;
+    } else if (k == "shape") {
+      t.shape = read_shape(v, [&](const std::string& what) { return bad("shape", what); });
+      have_shape = true;
+    } else if (k == "data_offsets") {
+      if (v.kind != Json::Arr || v.arr.size() != 2 || !is_int(v.arr[0]) || !is_int(v.arr[1]))
+        throw bad("data_offsets", "is not an array of two integers");
+      t.begin = v.arr[0].integer, t.end = v.arr[1].integer;
+      have_offsets = true;
+    }
+  }
+  if (!have_shape) throw bad("shape", "is missing");
+  if (!have_offsets) throw bad("data_offsets", "is missing");
+  auto it = std::find_if(std::begin(kDtypes), std::end(kDtypes), [&](auto& d) { return dtype == d.name; });
+  if (it == std::end(kDtypes)) throw std::runtime_error(fmt::format("{}: tensor '{}' has unsupported dtype '{}'", origin, name, dtype));
+  t.dtype = it;
+  int64_t numel = 1;
+  bool overflow = false;
+  for (auto d : t.shape) overflow |= __builtin_mul_overflow(numel, d, &numel);
+  overflow |= __builtin_mul_overflow(numel, static_cast<int64_t>(c10::elementSize(it->type)), &t.bytes);
+  if (overflow)
+    throw bad("shape", fmt::format("[{}] of {} has more bytes than 64 bits can count", fmt::join(t.shape, ","), dtype));
+  return t;
+}
+
+// The header's JSON, after its length was checked against the file.
+Json read_header(const std::string& bytes, const std::string& origin, uint64_t* header_size) {
   if (bytes.size() < 8) throw std::runtime_error(fmt::format("{}: not a safetensors file (shorter than 8 bytes)", origin));
   uint64_t n = 0;
   for (int b = 0; b < 8; ++b) n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[b])) << (8 * b);
   if (n > bytes.size() - 8 || n > (100ull << 20))
     throw std::runtime_error(fmt::format("{}: safetensors header size {} exceeds the file ({} bytes): truncated or not "
                                          "a safetensors file", origin, n, bytes.size()));
-  std::string header = bytes.substr(8, n);
-  Json root = parse_json(header, origin);
+  Json root = parse_json(bytes.substr(8, n), origin);
   if (root.kind != Json::Obj) throw std::runtime_error(fmt::format("{}: safetensors header is not an object", origin));
+  *header_size = n;
+  return root;
+}
+
+void check_no_overlap(std::vector<std::tuple<int64_t, int64_t, std::string>> spans, const std::string& origin) {
+  std::sort(spans.begin(), spans.end());
+  for (size_t i = 1; i < spans.size(); ++i)
+    if (std::get<0>(spans[i]) < std::get<1>(spans[i - 1]))
+      throw std::runtime_error(fmt::format("{}: tensors '{}' and '{}' overlap in the data section: the file is corrupt",
+                                           origin, std::get<2>(spans[i - 1]), std::get<2>(spans[i])));
+}
+
+}  // namespace
+
+TensorFile parse_safetensors(const std::string& bytes, const std::string& origin) {
+  uint64_t n = 0;
+  const Json root = read_header(bytes, origin, &n);
   const size_t data_start = 8 + n, data_size = bytes.size() - data_start;
   TensorFile f;
   std::vector<std::tuple<int64_t, int64_t, std::string>> spans;  // for the overlap check
@@ -107,61 +183,17 @@ TensorFile parse_safetensors(const std::string& bytes, const std::string& origin
       for (auto& [k, v] : e.obj) f.metadata[k] = v.str;
       continue;
     }
-    const std::string& tensor_name = name;  // (a structured binding cannot be captured in C++17)
-    auto bad = [&](const std::string& field, const std::string& what) {
-      return std::runtime_error(fmt::format("{}: tensor '{}': field '{}' {}", origin, tensor_name, field, what));
-    };
-    if (e.kind != Json::Obj) throw bad("(entry)", "is not an object {dtype, shape, data_offsets}");
-    auto is_int = [](const Json& v) { return v.kind == Json::Num && static_cast<double>(v.integer) == v.num; };
-    std::string dtype;
-    std::vector<int64_t> shape;
-    int64_t begin = -1, end = -1;
-    bool have_shape = false, have_offsets = false;
-    for (auto& [k, v] : e.obj) {
-      if (k == "dtype") {
-        if (v.kind != Json::Str) throw bad("dtype", "is not a string");
-        dtype = v.str;
-      } else if (k == "shape") {
-        if (v.kind != Json::Arr) throw bad("shape", "is not an array");
-        if (v.arr.size() > 64) throw bad("shape", fmt::format("has {} dimensions (at most 64)", v.arr.size()));
-        shape.clear();
-        for (auto& d : v.arr) {
-          if (!is_int(d)) throw bad("shape", "holds something other than an integer");
-          if (d.integer < 0) throw bad("shape", fmt::format("has a negative dimension {}", d.integer));
-          shape.push_back(d.integer);
-        }
-        have_shape = true;
-      } else if (k == "data_offsets") {
-        if (v.kind != Json::Arr || v.arr.size() != 2 || !is_int(v.arr[0]) || !is_int(v.arr[1]))
-          throw bad("data_offsets", "is not an array of two integers");
-        begin = v.arr[0].integer, end = v.arr[1].integer;
-        have_offsets = true;
-      }
-    }
-    if (!have_shape) throw bad("shape", "is missing");
-    if (!have_offsets) throw bad("data_offsets", "is missing");
-    auto it = std::find_if(std::begin(kDtypes), std::end(kDtypes), [&](auto& d) { return dtype == d.name; });
-    if (it == std::end(kDtypes)) throw std::runtime_error(fmt::format("{}: tensor '{}' has unsupported dtype '{}'", origin, name, dtype));
-    int64_t numel = 1, expect = 0;
-    bool overflow = false;
-    for (auto d : shape) overflow |= __builtin_mul_overflow(numel, d, &numel);
-    overflow |= __builtin_mul_overflow(numel, static_cast<int64_t>(c10::elementSize(it->type)), &expect);
-    if (overflow)
-      throw bad("shape", fmt::format("[{}] of {} has more bytes than 64 bits can count", fmt::join(shape, ","), dtype));
-    if (begin < 0 || end < begin || end - begin != expect || static_cast<size_t>(end) > data_size)
+    const TensorSpec t = read_entry(origin, name, e);
+    if (t.begin < 0 || t.end < t.begin || t.end - t.begin != t.bytes || static_cast<size_t>(t.end) > data_size)
       throw std::runtime_error(fmt::format("{}: tensor '{}' has data offsets [{}, {}] that do not fit its shape ({} bytes) "
                                            "or the file's data section ({} bytes): the file is truncated or corrupt",
-                                           origin, name, begin, end, expect, data_size));
-    spans.emplace_back(begin, end, name);
-    auto t = torch::empty(shape, torch::TensorOptions().dtype(it->type));
-    if (expect) std::memcpy(t.data_ptr(), bytes.data() + data_start + begin, expect);
-    f.tensors.emplace_back(name, t);
+                                           origin, name, t.begin, t.end, t.bytes, data_size));
+    spans.emplace_back(t.begin, t.end, name);
+    auto tensor = torch::empty(t.shape, torch::TensorOptions().dtype(t.dtype->type));
+    if (t.bytes) std::memcpy(tensor.data_ptr(), bytes.data() + data_start + t.begin, t.bytes);
+    f.tensors.emplace_back(name, tensor);
   }
-  std::sort(spans.begin(), spans.end());
-  for (size_t i = 1; i < spans.size(); ++i)
-    if (std::get<0>(spans[i]) < std::get<1>(spans[i - 1]))
-      throw std::runtime_error(fmt::format("{}: tensors '{}' and '{}' overlap in the data section: the file is corrupt",
-                                           origin, std::get<2>(spans[i - 1]), std::get<2>(spans[i])));
+  check_no_overlap(std::move(spans), origin);
   return f;
 }
 

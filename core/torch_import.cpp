@@ -1,9 +1,10 @@
-// PyTorch zip-format .pt reader (see torch_import.h): a zip directory reader, a pickle stack machine, and
-// the storage files.
+// PyTorch zip-format .pt reader (see torch_import.h): the zip container through libzip (core/zip.h), a
+// pickle stack machine, and the storage files. The unpickler is written here because LibTorch 1.13's
+// torch::pickle_load aborts on what torch.save writes for a state dict (an OrderedDict), and a hostile
+// pickle needs the limits below (stack size, nesting, cycles, storage sizes) anyway.
 #include "core/torch_import.h"
 
 #include <fmt/format.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -15,13 +16,14 @@
 #include <stdexcept>
 #include <unordered_map>
 #include <torch/torch.h>
+#include "core/zip.h"
 
 namespace cm {
 
 namespace {
 
 // ---------------------------------------------------------------------------------------------------
-// Zip container
+// Zip container: libzip (core/zip.h), which checks sizes before allocating and the CRC32 after reading.
 
 uint64_t le(const unsigned char* p, int n) {
   uint64_t v = 0;
@@ -29,177 +31,12 @@ uint64_t le(const unsigned char* p, int n) {
   return v;
 }
 
-struct ZipEntry {
-  std::string name;
-  uint16_t method = 0;  // 0 stored, 8 deflated
-  uint32_t crc = 0;
-  uint64_t csize = 0, usize = 0, local_offset = 0;
-};
-
-class ZipReader {
- public:
-  explicit ZipReader(const std::string& path) : path_(path), in_(path, std::ios::binary) {
-    if (!in_) throw std::runtime_error(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
-    in_.seekg(0, std::ios::end);
-    size_ = static_cast<uint64_t>(in_.tellg());
-    read_directory();
-  }
-
-  const std::vector<ZipEntry>& entries() const { return entries_; }
-  const ZipEntry* find(const std::string& name) const {
-    auto it = index_.find(name);
-    return it == index_.end() ? nullptr : &entries_[it->second];
-  }
-
-  // Reads the uncompressed bytes of `e` into dst (exactly e.usize bytes) and checks the CRC.
-  // Checks, before anything is allocated for it, that `e` can hold its uncompressed size: a stored entry
-  // lies inside the file, a deflated one cannot expand more than deflate allows (about 1032:1).
-  void check(const ZipEntry& e) const {
-    if (e.method != 0 && e.method != 8)  // before its size is trusted for anything
-      fail(fmt::format("entry '{}' uses zip compression method {} (only stored and deflate are supported)", e.name, e.method));
-    if (e.csize > size_) fail(fmt::format("entry '{}' is larger ({} bytes) than the file", e.name, e.csize));
-    if (e.method == 0 && e.usize != e.csize) fail(fmt::format("stored entry '{}' has different sizes", e.name));
-    if (e.method == 8 && e.usize / 1032 > e.csize + 1)
-      fail(fmt::format("entry '{}' claims {} bytes from {} compressed bytes", e.name, e.usize, e.csize));
-  }
-
-  void read(const ZipEntry& e, void* dst) {
-    check(e);
-    const uint64_t data = data_offset(e);
-    if (data > size_ || e.csize > size_ - data)
-      fail(fmt::format("entry '{}' extends past the end of the file (truncated?)", e.name));
-    if (e.method == 0) {
-      if (e.csize != e.usize) fail(fmt::format("stored entry '{}' has different sizes", e.name));
-      read_at(data, dst, e.usize);
-    } else if (e.method == 8) {
-      std::string comp(e.csize, '\0');
-      read_at(data, comp.data(), e.csize);
-      inflate_raw(e, comp, dst);
-    } else {
-      fail(fmt::format("entry '{}' uses zip compression method {} (only stored and deflate are supported)", e.name,
-                       e.method));
-    }
-    uLong crc = crc32(0L, Z_NULL, 0);
-    const auto* p = static_cast<const Bytef*>(dst);
-    for (uint64_t done = 0; done < e.usize;) {
-      const uInt n = static_cast<uInt>(std::min<uint64_t>(e.usize - done, 1u << 30));
-      crc = crc32(crc, p + done, n);
-      done += n;
-    }
-    if (static_cast<uint32_t>(crc) != e.crc)
-      fail(fmt::format("entry '{}' fails its CRC check (the file is corrupt or truncated)", e.name));
-  }
-
-  std::string read_string(const ZipEntry& e) {
-    check(e);
-    std::string s(e.usize, '\0');
-    read(e, s.data());
-    return s;
-  }
-
-  [[noreturn]] void fail(const std::string& what) const {
-    throw std::runtime_error(fmt::format("{}: not a readable PyTorch zip file: {}", path_, what));
-  }
-
- private:
-  void read_at(uint64_t off, void* dst, uint64_t n) {
-    in_.clear();
-    in_.seekg(static_cast<std::streamoff>(off));
-    in_.read(static_cast<char*>(dst), static_cast<std::streamsize>(n));
-    if (static_cast<uint64_t>(in_.gcount()) != n) fail(fmt::format("short read of {} bytes at offset {}", n, off));
-  }
-
-  void inflate_raw(const ZipEntry& e, std::string& comp, void* dst) {
-    z_stream zs{};
-    if (inflateInit2(&zs, -MAX_WBITS) != Z_OK) fail("zlib inflateInit2 failed");
-    zs.next_in = reinterpret_cast<Bytef*>(comp.data());
-    zs.next_out = static_cast<Bytef*>(dst);
-    uint64_t in_left = comp.size(), out_left = e.usize;
-    int rc = Z_OK;
-    while (rc == Z_OK) {
-      const uInt ci = static_cast<uInt>(std::min<uint64_t>(in_left, 1u << 30));
-      const uInt co = static_cast<uInt>(std::min<uint64_t>(out_left, 1u << 30));
-      zs.avail_in = ci, zs.avail_out = co;
-      rc = inflate(&zs, Z_NO_FLUSH);
-      in_left -= ci - zs.avail_in, out_left -= co - zs.avail_out;
-      if (rc == Z_OK && ci == zs.avail_in && co == zs.avail_out) break;  // no progress
-    }
-    inflateEnd(&zs);
-    if (rc != Z_STREAM_END || out_left != 0)
-      fail(fmt::format("entry '{}' does not inflate to its {} bytes (zlib code {})", e.name, e.usize, rc));
-  }
-
-  uint64_t data_offset(const ZipEntry& e) {
-    unsigned char h[30];
-    if (e.local_offset > size_ || size_ - e.local_offset < 30) fail(fmt::format("local header of '{}' is outside the file", e.name));
-    read_at(e.local_offset, h, 30);
-    if (le(h, 4) != 0x04034b50) fail(fmt::format("bad local header signature for '{}'", e.name));
-    return e.local_offset + 30 + le(h + 26, 2) + le(h + 28, 2);
-  }
-
-  void read_directory() {
-    // End of central directory: 22 bytes plus a comment of up to 64 KiB, searched from the end.
-    const uint64_t tail = std::min<uint64_t>(size_, 22 + 65535 + 20);
-    if (size_ < 22) fail("file too short for a zip archive");
-    std::vector<unsigned char> buf(tail);
-    read_at(size_ - tail, buf.data(), tail);
-    int64_t pos = -1;
-    for (int64_t i = static_cast<int64_t>(tail) - 22; i >= 0; --i)
-      if (le(&buf[i], 4) == 0x06054b50) { pos = i; break; }
-    if (pos < 0) fail("no end-of-central-directory record");
-    const unsigned char* eocd = &buf[pos];
-    uint64_t count = le(eocd + 10, 2), cd_size = le(eocd + 12, 4), cd_off = le(eocd + 16, 4);
-    if (count == 0xFFFF || cd_size == 0xFFFFFFFF || cd_off == 0xFFFFFFFF) {
-      // Zip64: the locator sits just before the EOCD record and points at the zip64 EOCD record.
-      if (pos < 20 || le(&buf[pos - 20], 4) != 0x07064b50) fail("zip64 archive without a zip64 locator");
-      const uint64_t z64 = le(&buf[pos - 20] + 8, 8);
-      unsigned char r[56];
-      if (z64 > size_ || size_ - z64 < 56) fail("zip64 end record outside the file");
-      read_at(z64, r, 56);
-      if (le(r, 4) != 0x06064b50) fail("bad zip64 end record signature");
-      count = le(r + 32, 8), cd_size = le(r + 40, 8), cd_off = le(r + 48, 8);
-    }
-    if (cd_off > size_ || cd_size > size_ - cd_off) fail("central directory outside the file");
-    std::vector<unsigned char> cd(cd_size);
-    read_at(cd_off, cd.data(), cd_size);
-    uint64_t p = 0;
-    for (uint64_t i = 0; i < count; ++i) {
-      if (p + 46 > cd_size || le(&cd[p], 4) != 0x02014b50) fail("bad central directory entry");
-      const unsigned char* h = &cd[p];
-      ZipEntry e;
-      e.method = static_cast<uint16_t>(le(h + 10, 2));
-      e.crc = static_cast<uint32_t>(le(h + 16, 4));
-      e.csize = le(h + 20, 4), e.usize = le(h + 24, 4);
-      const uint64_t nlen = le(h + 28, 2), xlen = le(h + 30, 2), clen = le(h + 32, 2);
-      e.local_offset = le(h + 42, 4);
-      if (p + 46 + nlen + xlen + clen > cd_size) fail("central directory entry overruns the directory");
-      e.name.assign(reinterpret_cast<const char*>(h + 46), nlen);
-      // Zip64 extra field: the 8-byte values of those fields that are 0xFFFFFFFF, in this order.
-      for (uint64_t x = 0; x + 4 <= xlen;) {
-        const unsigned char* f = h + 46 + nlen + x;
-        const uint64_t id = le(f, 2), len = le(f + 2, 2);
-        if (x + 4 + len > xlen) break;
-        if (id == 0x0001) {
-          uint64_t q = 4;
-          auto take = [&](uint64_t& v) {
-            if (v == 0xFFFFFFFF && q + 8 <= 4 + len) v = le(f + q, 8), q += 8;
-          };
-          take(e.usize), take(e.csize), take(e.local_offset);
-        }
-        x += 4 + len;
-      }
-      index_[e.name] = entries_.size();
-      entries_.push_back(std::move(e));
-      p += 46 + nlen + xlen + clen;
-    }
-  }
-
-  std::string path_;
-  std::ifstream in_;
-  uint64_t size_ = 0;
-  std::vector<ZipEntry> entries_;
-  std::unordered_map<std::string, size_t> index_;
-};
+std::string read_member(const ZipReader& zip, const ZipMember& m) {
+  zip.check(m);
+  std::string s(m.size, '\0');
+  if (!s.empty()) zip.open(m).read(s.data(), s.size());
+  return s;
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Pickle objects
@@ -246,7 +83,7 @@ const StorageType kStorageTypes[] = {
 
 class Unpickler {
  public:
-  Unpickler(const std::string& data, ZipReader& zip, std::string archive, std::string origin)
+  Unpickler(const std::string& data, const ZipReader& zip, std::string archive, std::string origin)
       : d_(data), zip_(zip), archive_(std::move(archive)), origin_(std::move(origin)) {}
 
   // Containers may reference each other in cycles (a list appended to itself) and nest arbitrarily deep;
@@ -377,25 +214,40 @@ class Unpickler {
     list->items.insert(list->items.end(), items.begin(), items.end());
   }
 
+  // One opcode, dispatched by group; each group says whether the opcode was one of its own.
   void step() {
+    if (!step_frame_memo_stack() && !step_number() && !step_string() && !step_container() && !step_object())
+      fail("unsupported pickle opcode (the file was not written by torch.save, or by a newer protocol)");
+  }
+
+  bool step_frame_memo_stack() {
     switch (op_) {
-      case 0x80: take(1); break;                // PROTO
-      case 0x95: take(8); break;                // FRAME
+      case 0x80: take(1); break;  // PROTO
+      case 0x95: take(8); break;  // FRAME
       case '(': marks_.push_back(stack_.size()); break;
+      case 'q': memo_put(take_le(1)); break;
+      case 'r': memo_put(take_le(4)); break;
+      case 'p': memo_put(text_index(take_line(), "PUT")); break;
+      case 0x94: memo_put(memo_.size()); break;  // MEMOIZE
+      case 'h': push(memo_get(take_le(1))); break;
+      case 'j': push(memo_get(take_le(4))); break;
+      case 'g': push(memo_get(text_index(take_line(), "GET"))); break;
+      case '0': pop(); break;
+      case '1': pop_mark(); break;
+      case '2': push(top()); break;
+      default: return false;
+    }
+    return true;
+  }
+
+  bool step_number() {
+    switch (op_) {
       case 'N': push(make(PyObj::None)); break;
       case 0x88: case 0x89: { auto b = make(PyObj::Bool); b->i = op_ == 0x88; push(b); break; }
       case 'J': push(make_int(static_cast<int32_t>(take_le(4)))); break;
       case 'K': push(make_int(static_cast<int64_t>(take_le(1)))); break;
       case 'M': push(make_int(static_cast<int64_t>(take_le(2)))); break;
-      case 0x8a: case 0x8b: {                    // LONG1 / LONG4: little-endian two's complement
-        const uint64_t n = op_ == 0x8a ? take_le(1) : take_le(4);
-        if (n > 8) { take_bytes(n); push(make_str(PyObj::Opaque, "int (more than 64 bits)")); break; }
-        const unsigned char* b = take(n);
-        uint64_t v = le(b, static_cast<int>(n));
-        if (n > 0 && n < 8 && (b[n - 1] & 0x80)) v |= ~uint64_t(0) << (8 * n);
-        push(make_int(static_cast<int64_t>(v)));
-        break;
-      }
+      case 0x8a: case 0x8b: push(long_int(op_ == 0x8a ? take_le(1) : take_le(4))); break;  // LONG1 / LONG4
       case 'I': {                                // INT (text); "00"/"01" are False/True
         std::string s = take_line();
         if (s == "00" || s == "01") { auto b = make(PyObj::Bool); b->i = s == "01"; push(b); break; }
@@ -413,6 +265,25 @@ class Unpickler {
         break;
       }
       case 'F': { auto o = make(PyObj::Float); o->f = text_float(take_line()); push(o); break; }
+      default: return false;
+    }
+    return true;
+  }
+
+  // LONG1 / LONG4 operand of n bytes: little-endian two's complement.
+  Obj long_int(uint64_t n) {
+    if (n > 8) {
+      take_bytes(n);
+      return make_str(PyObj::Opaque, "int (more than 64 bits)");
+    }
+    const unsigned char* b = take(n);
+    uint64_t v = le(b, static_cast<int>(n));
+    if (n > 0 && n < 8 && (b[n - 1] & 0x80)) v |= ~uint64_t(0) << (8 * n);
+    return make_int(static_cast<int64_t>(v));
+  }
+
+  bool step_string() {
+    switch (op_) {
       case 'X': push(make_str(PyObj::Str, take_bytes(take_le(4)))); break;
       case 0x8c: push(make_str(PyObj::Str, take_bytes(take_le(1)))); break;
       case 0x8d: push(make_str(PyObj::Str, take_bytes(take_le(8)))); break;
@@ -421,6 +292,13 @@ class Unpickler {
       case 'B': push(make_str(PyObj::Bytes, take_bytes(take_le(4)))); break;
       case 'C': push(make_str(PyObj::Bytes, take_bytes(take_le(1)))); break;
       case 0x8e: case 0x96: push(make_str(PyObj::Bytes, take_bytes(take_le(8)))); break;
+      default: return false;
+    }
+    return true;
+  }
+
+  bool step_container() {
+    switch (op_) {
       case ')': push(make(PyObj::Tuple)); break;
       case 't': push(tuple(pop_mark())); break;
       case 0x85: { auto a = pop(); push(tuple({a})); break; }
@@ -434,16 +312,13 @@ class Unpickler {
       case 'd': { auto kv = pop_mark(); auto dict = make(PyObj::Dict); set_items(dict, kv); push(dict); break; }
       case 's': { auto v = pop(), k = pop(); set_items(top(), {k, v}); break; }
       case 'u': { auto kv = pop_mark(); set_items(top(), kv); break; }
-      case 'q': memo_put(take_le(1)); break;
-      case 'r': memo_put(take_le(4)); break;
-      case 'p': memo_put(text_index(take_line(), "PUT")); break;
-      case 0x94: memo_put(memo_.size()); break;                              // MEMOIZE
-      case 'h': push(memo_get(take_le(1))); break;
-      case 'j': push(memo_get(take_le(4))); break;
-      case 'g': push(memo_get(text_index(take_line(), "GET"))); break;
-      case '0': pop(); break;
-      case '1': pop_mark(); break;
-      case '2': push(top()); break;
+      default: return false;
+    }
+    return true;
+  }
+
+  bool step_object() {
+    switch (op_) {
       case 'c': {                                                            // GLOBAL "module\nname\n"
         std::string mod = take_line(), name = take_line();
         push(make_str(PyObj::Global, mod + "." + name));
@@ -460,9 +335,9 @@ class Unpickler {
       case 'b': pop(); break;  // BUILD: state (e.g. an OrderedDict's _metadata) is not needed for tensors
       case 'Q': { auto pid = pop(); push(persistent_load(pid)); break; }
       case 'P': fail("text persistent ids (PERSID) are not used by torch.save and are not supported");
-      default:
-        fail("unsupported pickle opcode (the file was not written by torch.save, or by a newer protocol)");
+      default: return false;
     }
+    return true;
   }
 
   Obj call(const Obj& fn, const Obj& args, int depth = 0) {
@@ -527,16 +402,16 @@ class Unpickler {
     if (!st) fail(fmt::format("storage type {} is not supported (supported: float, double, half, bfloat16 and integer "
                               "storages)", it[1]->s));
     const int64_t numel = it[4]->i;
-    const ZipEntry* e = zip_.find(archive_ + "data/" + key);
+    const ZipMember* e = zip_.find(archive_ + "data/" + key);
     if (!e) fail(fmt::format("storage '{}' has no entry {}data/{} in the archive", key, archive_, key));
     uint64_t bytes = 0;
     if (numel < 0 || __builtin_mul_overflow(static_cast<uint64_t>(numel), c10::elementSize(st->dtype), &bytes))
       fail(fmt::format("storage '{}' has an impossible element count {}", key, numel));
-    if (e->usize != bytes)
-      fail(fmt::format("storage '{}' holds {} bytes but {} {} elements need {}", key, e->usize, numel, type, bytes));
+    if (e->size != bytes)
+      fail(fmt::format("storage '{}' holds {} bytes but {} {} elements need {}", key, e->size, numel, type, bytes));
     zip_.check(*e);
     auto t = torch::empty({numel}, torch::TensorOptions().dtype(st->dtype));
-    if (bytes) zip_.read(*e, t.data_ptr());
+    if (bytes) zip_.open(*e).read(t.data_ptr(), bytes);
     auto o = make_str(PyObj::Storage, key);
     o->tensor = t;
     storages_[key] = o;
@@ -582,7 +457,7 @@ class Unpickler {
   }
 
   const std::string& d_;
-  ZipReader& zip_;
+  const ZipReader& zip_;
   std::string archive_, origin_;
   size_t p_ = 0, op_pos_ = 0;
   unsigned op_ = 0;
@@ -649,10 +524,10 @@ void flatten(const Obj& o, const std::string& name, TorchImport& out, FlattenSta
 }  // namespace
 
 TorchImport import_torch_file(const std::string& path) {
-  ZipReader zip(path);
+  const ZipReader zip(path, fmt::format("{}: not a readable PyTorch zip file: ", path));
   // The pickle is <archive>/data.pkl; the archive folder name is the file's stem when it was written.
-  const ZipEntry* pkl = nullptr;
-  for (auto& e : zip.entries()) {
+  const ZipMember* pkl = nullptr;
+  for (auto& e : zip.members()) {
     const std::string& n = e.name;
     if (n == "data.pkl" || (n.size() > 9 && n.compare(n.size() - 9, 9, "/data.pkl") == 0 &&
                             n.find('/') == n.size() - 9)) {
@@ -661,19 +536,19 @@ TorchImport import_torch_file(const std::string& path) {
     }
   }
   if (!pkl) {
-    const bool torchscript = zip.find("constants.pkl") || std::any_of(zip.entries().begin(), zip.entries().end(), [](auto& e) {
+    const bool torchscript = zip.find("constants.pkl") || std::any_of(zip.members().begin(), zip.members().end(), [](auto& e) {
                                return e.name.find("/code/") != std::string::npos;
                              });
     zip.fail(torchscript ? "no data.pkl found; this looks like a TorchScript archive (load it with torch::jit::load)"
                          : "no <archive>/data.pkl entry: not written by torch.save");
   }
   const std::string archive = pkl->name.substr(0, pkl->name.size() - 8);
-  if (const ZipEntry* bo = zip.find(archive + "byteorder")) {
-    std::string order = zip.read_string(*bo);
+  if (const ZipMember* bo = zip.find(archive + "byteorder")) {
+    std::string order = read_member(zip, *bo);
     if (order != "little")
       zip.fail(fmt::format("the tensors are stored {}-endian; only little-endian files are supported", order));
   }
-  const std::string data = zip.read_string(*pkl);
+  const std::string data = read_member(zip, *pkl);
   Unpickler unpickler(data, zip, archive, path);  // owns every container: flatten before it goes
   Obj root = unpickler.run();
   TorchImport out;

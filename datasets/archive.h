@@ -1,11 +1,13 @@
 // Reading the containers the published datasets come in, as bounded-memory streams: plain files, gzip
-// (.gz, .tar.gz, via zlib), tar archives, zip archives (.npz, stored or deflated, zip64) and .npy arrays.
+// (.gz, .tar.gz, via zlib), tar archives, zip archives (.npz, stored or deflated, zip64, via libzip) and
+// .npy arrays.
 // Every error names the file and the byte position where it went wrong.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
+#include "core/zip.h"
 
 namespace cm::data {
 
@@ -59,25 +61,19 @@ class TarReader {
 // Entries (files only) of a tar stream, with their data offsets; reads through the whole stream.
 std::vector<TarEntry> list_tar(ByteStream& s);
 
-// Zip archive (for .npz). Entries are read as streams; a fully read deflated entry is checked against its CRC32.
-struct ZipEntry {
-  std::string name;
-  uint16_t method = 0;  // 0 stored, 8 deflate
-  uint64_t compressed_size = 0, size = 0;
-  uint64_t local_header_offset = 0;
-  uint32_t crc32 = 0;
-};
+// Zip archive (for .npz), read with libzip (core/zip.h). Members are read as streams, each on its own
+// libzip handle; a fully read member is checked against its CRC32.
+using ZipEntry = cm::ZipMember;
 class ZipArchive {
  public:
   explicit ZipArchive(const std::string& path);
-  const std::vector<ZipEntry>& entries() const { return entries_; }
-  const ZipEntry* find(const std::string& name) const;
+  const std::vector<ZipEntry>& entries() const { return zip_.members(); }
+  const ZipEntry* find(const std::string& name) const { return zip_.find(name); }
   std::unique_ptr<ByteStream> open(const ZipEntry& e) const;
-  const std::string& path() const { return path_; }
+  const std::string& path() const { return zip_.path(); }
 
  private:
-  std::string path_;
-  std::vector<ZipEntry> entries_;
+  ZipReader zip_;
 };
 
 // The header of a .npy array; the stream is left at the first data byte. The header dict is read by a

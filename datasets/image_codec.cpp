@@ -1,4 +1,6 @@
-// JPEG / PNG / WebP decoding to Pillow-equal pixels, and PNG encoding (see image_codec.h).
+// JPEG / PNG / WebP decoding to Pillow-equal pixels, and PNG encoding (see image_codec.h): libjpeg and
+// libwebp here, libpng through core/png.h. Written here: only the glue to those libraries and Pillow's
+// colour conversions (RGB -> L, inverted CMYK -> RGB), which none of them gives bit for bit.
 #include "datasets/image_codec.h"
 
 #include <csetjmp>
@@ -9,8 +11,8 @@
 
 #include <jpeglib.h>
 #include <jerror.h>
-#include <png.h>
 #include <webp/decode.h>
+#include "core/png.h"
 
 namespace cm::data {
 
@@ -91,6 +93,32 @@ void jpeg_warn(j_common_ptr cinfo, int level) {
 }
 }  // namespace
 
+// Pillow's modes: 1 component -> L, 3 -> RGB, 4 -> CMYK read as Adobe-inverted "CMYK;I"; others unknown.
+static J_COLOR_SPACE jpeg_color_space(int components) {
+  switch (components) {
+    case 1: return JCS_GRAYSCALE;
+    case 3: return JCS_RGB;
+    case 4: return JCS_CMYK;
+    default: return JCS_UNKNOWN;
+  }
+}
+
+// Pillow: "CMYK;I" inverts the samples, then cmyk2rgb: nk = 255 - K, R = nk - C * nk / 255 (rounded as
+// MULDIV255: t = a * b + 128; ((t >> 8) + t) >> 8).
+static Image inverted_cmyk_to_rgb(const std::vector<uint8_t>& raw, int64_t h, int64_t w) {
+  Image img(h, w, 3);
+  for (int64_t i = 0; i < h * w; ++i) {
+    const uint8_t* s = &raw[size_t(4 * i)];
+    const int nk = s[3];  // 255 - (255 - k)
+    for (int c = 0; c < 3; ++c) {
+      const int t = (255 - s[c]) * nk + 128;
+      int v = nk - (((t >> 8) + t) >> 8);
+      img.pixels[size_t(3 * i + c)] = uint8_t(v < 0 ? 0 : v > 255 ? 255 : v);
+    }
+  }
+  return img;
+}
+
 static Image decode_jpeg(const uint8_t* data, size_t n, const std::string& origin) {
   jpeg_decompress_struct cinfo;
   JpegError err;
@@ -107,15 +135,9 @@ static Image decode_jpeg(const uint8_t* data, size_t n, const std::string& origi
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(n));
   jpeg_read_header(&cinfo, TRUE);
-  // Pillow's modes: 1 component -> L, 3 -> RGB, 4 -> CMYK read as Adobe-inverted "CMYK;I".
   const int comps = cinfo.num_components;
-  if (comps == 1) {
-    cinfo.out_color_space = JCS_GRAYSCALE;
-  } else if (comps == 3) {
-    cinfo.out_color_space = JCS_RGB;
-  } else if (comps == 4) {
-    cinfo.out_color_space = JCS_CMYK;
-  } else {
+  cinfo.out_color_space = jpeg_color_space(comps);
+  if (cinfo.out_color_space == JCS_UNKNOWN) {
     jpeg_destroy_decompress(&cinfo);
     throw std::runtime_error(fmt::format("{}: JPEG with {} components is not supported", origin, comps));
   }
@@ -135,122 +157,27 @@ static Image decode_jpeg(const uint8_t* data, size_t n, const std::string& origi
   jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
   if (err.truncated) throw std::runtime_error(fmt::format("{}: truncated JPEG ({})", origin, err.message));
-  if (oc != 4) {
-    img.height = h, img.width = w, img.channels = oc;
-    img.pixels = std::move(raw);
-    return img;
-  }
-  // Pillow: "CMYK;I" inverts the samples, then cmyk2rgb: nk = 255 - K, R = nk - C * nk / 255 (rounded as
-  // MULDIV255: t = a * b + 128; ((t >> 8) + t) >> 8).
-  img = Image(h, w, 3);
-  for (int64_t i = 0; i < h * w; ++i) {
-    const uint8_t* s = &raw[size_t(4 * i)];
-    const int nk = s[3];  // 255 - (255 - k)
-    for (int c = 0; c < 3; ++c) {
-      const int t = (255 - s[c]) * nk + 128;
-      int v = nk - (((t >> 8) + t) >> 8);
-      img.pixels[size_t(3 * i + c)] = uint8_t(v < 0 ? 0 : v > 255 ? 255 : v);
-    }
-  }
+  if (oc == 4) return inverted_cmyk_to_rgb(raw, h, w);
+  img.height = h, img.width = w, img.channels = oc;
+  img.pixels = std::move(raw);
   return img;
 }
 
 // ---------------------------------------------------------------------------------------------- PNG
-
-namespace {
-struct PngSource {
-  const uint8_t* data;
-  size_t size, pos;
-};
-struct PngError {
-  std::string message;
-};
-void png_fail(png_structp png, png_const_charp msg) {
-  auto* e = static_cast<PngError*>(png_get_error_ptr(png));
-  e->message = msg;
-  png_longjmp(png, 1);
-}
-void png_quiet(png_structp, png_const_charp) {}
-void png_read_mem(png_structp png, png_bytep out, png_size_t n) {
-  auto* s = static_cast<PngSource*>(png_get_io_ptr(png));
-  if (s->pos + n > s->size) png_error(png, "unexpected end of data (truncated file)");
-  std::memcpy(out, s->data + s->pos, n);
-  s->pos += n;
-}
-}  // namespace
+// libpng through core's one PNG module (core/png.h), with Pillow's transforms and alpha dropped.
 
 static Image decode_png(const uint8_t* data, size_t n, const std::string& origin) {
-  PngError err;
-  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &err, png_fail, png_quiet);
-  if (!png) throw std::runtime_error(origin + ": out of memory");
-  png_infop info = png_create_info_struct(png);
-  PngSource src{data, n, 0};
+  PngPixels p = png_decode(data, n, origin, /*keep_alpha=*/false, kMaxImagePixels);
   Image img;
-  std::vector<png_bytep> rows;
-  if (setjmp(png_jmpbuf(png))) {
-    png_destroy_read_struct(&png, &info, nullptr);
-    throw std::runtime_error(fmt::format("{}: corrupt PNG: {}", origin, err.message));
-  }
-  png_set_read_fn(png, &src, png_read_mem);
-  png_read_info(png, info);
-  const int color = png_get_color_type(png, info), depth = png_get_bit_depth(png, info);
-  // Pillow keeps the high byte of 16-bit samples, expands palettes and low-depth grey, and drops alpha
-  // without compositing it; it applies no gamma.
-  if (depth == 16) png_set_strip_16(png);
-  if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
-  if (color == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
-  png_set_strip_alpha(png);
-  png_set_interlace_handling(png);
-  png_read_update_info(png, info);
-  const int64_t w = png_get_image_width(png, info), h = png_get_image_height(png, info);
-  const int ch = png_get_channels(png, info);
-  if (ch != 1 && ch != 3) png_error(png, "unexpected channel count after expansion");
-  if (too_large(w, h)) {
-    err.message = fmt::format("declares {} x {} pixels: empty, or above this reader's limit of {} megapixels", w, h, kMaxImagePixels >> 20);
-    png_longjmp(png, 1);  // no C++ temporary alive across the jump
-  }
-  img = Image(h, w, ch);
-  rows.resize(size_t(h));
-  for (int64_t y = 0; y < h; ++y) rows[size_t(y)] = img.row(y);
-  png_read_image(png, rows.data());
-  png_read_end(png, nullptr);
-  png_destroy_read_struct(&png, &info, nullptr);
+  img.height = p.height, img.width = p.width, img.channels = p.channels;
+  img.pixels = std::move(p.pixels);
   return img;
 }
 
-namespace {
-void png_write_mem(png_structp png, png_bytep data, png_size_t n) {
-  static_cast<std::string*>(png_get_io_ptr(png))->append(reinterpret_cast<const char*>(data), n);
-}
-void png_flush_mem(png_structp) {}
-}  // namespace
-
 std::string encode_png(const Image& img) {
-  int color;
-  switch (img.channels) {
-    case 1: color = PNG_COLOR_TYPE_GRAY; break;
-    case 3: color = PNG_COLOR_TYPE_RGB; break;
-    case 4: color = PNG_COLOR_TYPE_RGB_ALPHA; break;
-    default: throw std::invalid_argument(fmt::format("encode_png: {} channels (1, 3 or 4 expected)", img.channels));
-  }
-  PngError err;
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, png_fail, png_quiet);
-  png_infop info = png_create_info_struct(png);
-  std::string out;
-  std::vector<png_bytep> rows(size_t(img.height));
-  if (setjmp(png_jmpbuf(png))) {
-    png_destroy_write_struct(&png, &info);
-    throw std::runtime_error("PNG encoding failed: " + err.message);
-  }
-  png_set_write_fn(png, &out, png_write_mem, png_flush_mem);
-  png_set_IHDR(png, info, png_uint_32(img.width), png_uint_32(img.height), 8, color, PNG_INTERLACE_NONE,
-               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-  png_write_info(png, info);
-  for (int64_t y = 0; y < img.height; ++y) rows[size_t(y)] = const_cast<png_bytep>(img.row(y));
-  png_write_image(png, rows.data());
-  png_write_end(png, nullptr);
-  png_destroy_write_struct(&png, &info);
-  return out;
+  if (img.channels != 1 && img.channels != 3 && img.channels != 4)
+    throw std::invalid_argument(fmt::format("encode_png: {} channels (1, 3 or 4 expected)", img.channels));
+  return png_encode(img.pixels.data(), img.height, img.width, img.channels);
 }
 
 // --------------------------------------------------------------------------------------------- WebP

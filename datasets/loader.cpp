@@ -19,6 +19,7 @@
 
 #include "core/compat.h"
 #include "core/config.h"
+#include "core/rng.h"
 #include "datasets/thread_pool.h"
 
 namespace fs = std::filesystem;
@@ -29,28 +30,17 @@ namespace cm::data {
 
 namespace {
 
-// SplitMix64: a tiny, well-mixed generator whose output is fixed by its definition, so the permutation
-// and the flips are the same on every platform and compiler (std:: distributions are not).
-uint64_t splitmix64(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-uint64_t mix(uint64_t a, uint64_t b) {
-  uint64_t s = a ^ (b * 0xd1342543de82ef95ULL + 0x632be59bd9b4e019ULL);
-  return splitmix64(s);
-}
+// SplitMix64 (core/rng.h) drives the permutation and the flips, so they are the same on every platform.
+uint64_t mix(uint64_t a, uint64_t b) { return splitmix64(a ^ (b * 0xd1342543de82ef95ULL + 0x632be59bd9b4e019ULL)); }
 
 // Unbiased integer in [0, n) (Lemire's multiply-and-reject).
 uint64_t below(uint64_t& state, uint64_t n) {
-  unsigned __int128 m = static_cast<unsigned __int128>(splitmix64(state)) * n;
+  unsigned __int128 m = static_cast<unsigned __int128>(splitmix64_next(state)) * n;
   uint64_t low = uint64_t(m);
   if (low < n) {
     const uint64_t threshold = (0 - n) % n;
     while (low < threshold) {
-      m = static_cast<unsigned __int128>(splitmix64(state)) * n;
+      m = static_cast<unsigned __int128>(splitmix64_next(state)) * n;
       low = uint64_t(m);
     }
   }

@@ -23,7 +23,7 @@
 
 #include <torch/types.h>
 
-#include "datasets/dataset.h"
+#include "core/data.h"
 #include "datasets/shards.h"
 
 namespace cm {

@@ -1,4 +1,11 @@
-// .npz writing (see npz.h).
+// .npz writing (see npz.h). The zip records are written here rather than with libzip (which reads every
+// zip in this project, core/zip.h), because libzip lacks two things this writer needs:
+// - forcing the zip64 records for a small file: libzip writes them only past 4 GiB (its force flag,
+//   ZIP_FL_FORCE_ZIP64, is internal), and the test of the layout the > 4 GiB sample sets have
+//   (Sampling.NpzReadsBackInNumpy) cannot write 4 GiB;
+// - the atomic write: libzip writes the archive at zip_close into a temporary of its own and renames it,
+//   without fsync; here the data goes out as it is made, into PATH.tmp-<pid>, fsync'ed, then renamed.
+// Only stored members are written, so this is the fixed records of the zip format, around 150 lines.
 #include "datasets/npz.h"
 
 #include <fcntl.h>

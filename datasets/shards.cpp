@@ -457,51 +457,52 @@ void write_manifest(const std::string& dir, const Manifest& man) {
   write_file_atomic((fs::path(dir) / kManifestName).string(), t);
 }
 
-Manifest read_manifest(const std::string& dir) {
-  const std::string path = (fs::path(dir) / kManifestName).string();
-  if (!fs::exists(path))
-    throw std::runtime_error(fmt::format("'{}' has no {}: not a converted dataset, or its conversion did not finish "
-                                         "(run `cm data convert`, or `cm data manifest {}` after parallel workers)",
-                                         dir, kManifestName, dir));
-  const Json j = parse_json(read_file(path), path);
-  auto str = [&](const Json& o, const char* key) {
+namespace {
+
+// Typed members of a manifest's JSON, each failure naming the file and the key.
+struct ManifestFields {
+  const std::string& path;
+  std::string str(const Json& o, const char* key) const {
     const Json& v = o.at(key, path);
     if (v.kind != Json::Str) throw std::runtime_error(fmt::format("{}: '{}' must be a string", path, key));
     return v.str;
-  };
-  auto num = [&](const Json& o, const char* key) {
+  }
+  int64_t num(const Json& o, const char* key) const {
     const Json& v = o.at(key, path);
     if (v.kind != Json::Num || double(v.integer) != v.num)
       throw std::runtime_error(fmt::format("{}: '{}' must be an integer", path, key));
     return v.integer;
-  };
-  auto crc = [&](const Json& o, const char* key) {
+  }
+  uint32_t crc(const Json& o, const char* key) const {
     const std::string h = str(o, key);
     char* end = nullptr;
     const unsigned long v = std::strtoul(h.c_str(), &end, 16);
     if (h.size() != 8 || *end) throw std::runtime_error(fmt::format("{}: '{}' must be 8 hex digits", path, key));
     return uint32_t(v);
-  };
-  if (str(j, "format") != kShardFormat || num(j, "format_version") < kShardFormatOldestReadable ||
-      num(j, "format_version") > kShardFormatVersion)
+  }
+};
+
+DatasetInfo read_manifest_info(const Json& j, const ManifestFields& f) {
+  const std::string& path = f.path;
+  if (f.str(j, "format") != kShardFormat || f.num(j, "format_version") < kShardFormatOldestReadable ||
+      f.num(j, "format_version") > kShardFormatVersion)
     throw std::runtime_error(fmt::format("{}: format '{}' version {} is not '{}' version {} to {} (convert the dataset again)", path,
-                                         str(j, "format"), num(j, "format_version"), kShardFormat, kShardFormatOldestReadable,
+                                         f.str(j, "format"), f.num(j, "format_version"), kShardFormat, kShardFormatOldestReadable,
                                          kShardFormatVersion));
-  Manifest m;
-  auto& d = m.info;
-  d.name = str(j, "name");
-  d.source_format = str(j, "source_format");
-  d.source = str(j, "source");
-  d.preprocessing = str(j, "preprocessing");
+  DatasetInfo d;
+  d.name = f.str(j, "name");
+  d.source_format = f.str(j, "source_format");
+  d.source = f.str(j, "source");
+  d.preprocessing = f.str(j, "preprocessing");
   const Json& paper = j.at("paper_preprocessing", path);
   if (paper.kind != Json::Bool) throw std::runtime_error(fmt::format("{}: 'paper_preprocessing' must be true or false", path));
   d.paper_preprocessing = paper.b;
-  d.height = num(j, "height");
-  d.width = num(j, "width");
-  d.channels = num(j, "channels");
-  d.num_classes = num(j, "num_classes");
-  d.total_records = num(j, "total_records");
-  d.shard_count = num(j, "shard_count");
+  d.height = f.num(j, "height");
+  d.width = f.num(j, "width");
+  d.channels = f.num(j, "channels");
+  d.num_classes = f.num(j, "num_classes");
+  d.total_records = f.num(j, "total_records");
+  d.shard_count = f.num(j, "shard_count");
   // Bounds a damaged manifest cannot pass: image sizes that products of them (a record's bytes, a batch's)
   // stay far from 64-bit overflow, and non-negative counts.
   if (d.height < 1 || d.height > 65536 || d.width < 1 || d.width > 65536 || d.channels < 1 || d.channels > 64)
@@ -509,30 +510,52 @@ Manifest read_manifest(const std::string& dir) {
                                          d.height, d.width, d.channels));
   if (d.num_classes < 0 || d.total_records < 0 || d.shard_count < 0)
     throw std::runtime_error(fmt::format("{}: negative num_classes, total_records or shard_count", path));
+  return d;
+}
+
+std::vector<ShardInfo> read_manifest_shards(const Json& j, const ManifestFields& f, const DatasetInfo& d) {
+  const std::string& path = f.path;
   const Json& arr = j.at("shards", path);
   if (arr.kind != Json::Arr || int64_t(arr.arr.size()) != d.shard_count)
     throw std::runtime_error(fmt::format("{}: expected {} shard entries, found {}", path, d.shard_count, arr.arr.size()));
+  std::vector<ShardInfo> shards;
   int64_t next = 0;
   for (size_t i = 0; i < arr.arr.size(); ++i) {
     const Json& e = arr.arr[i];
     ShardInfo s;
     s.index = int64_t(i);
-    s.file = str(e, "file");
-    s.first_record = num(e, "first_record");
-    s.records = num(e, "records");
-    s.images_crc32 = crc(e, "images_crc32");
-    s.labels_crc32 = crc(e, "labels_crc32");
-    s.file_bytes = num(e, "file_bytes");
+    s.file = f.str(e, "file");
+    s.first_record = f.num(e, "first_record");
+    s.records = f.num(e, "records");
+    s.images_crc32 = f.crc(e, "images_crc32");
+    s.labels_crc32 = f.crc(e, "labels_crc32");
+    s.file_bytes = f.num(e, "file_bytes");
     if (s.first_record != next || s.records <= 0)
       throw std::runtime_error(fmt::format("{}: shards[{}] first_record {} / records {} do not follow the previous shard "
                                            "(next record {})", path, i, s.first_record, s.records, next));
     if (s.file_bytes < 0 || __builtin_add_overflow(next, s.records, &next))
       throw std::runtime_error(fmt::format("{}: shards[{}] has out-of-range records {} / file_bytes {}", path, i, s.records,
                                            s.file_bytes));
-    m.shards.push_back(s);
+    shards.push_back(s);
   }
   if (next != d.total_records)
     throw std::runtime_error(fmt::format("{}: shards hold {} records, total_records says {}", path, next, d.total_records));
+  return shards;
+}
+
+}  // namespace
+
+Manifest read_manifest(const std::string& dir) {
+  const std::string path = (fs::path(dir) / kManifestName).string();
+  if (!fs::exists(path))
+    throw std::runtime_error(fmt::format("'{}' has no {}: not a converted dataset, or its conversion did not finish "
+                                         "(run `cm data convert`, or `cm data manifest {}` after parallel workers)",
+                                         dir, kManifestName, dir));
+  const Json j = parse_json(read_file(path), path);
+  const ManifestFields f{path};
+  Manifest m;
+  m.info = read_manifest_info(j, f);
+  m.shards = read_manifest_shards(j, f, m.info);
   return m;
 }
 

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 #include "core/karras.h"
 #include "core/rng.h"
+#include "core/rng_streams.h"
 
 namespace cm {
 
@@ -73,7 +74,7 @@ ToySource::ToySource(GaussianMixture mix, std::string name, int64_t global_batch
 }
 
 Batch ToySource::next() {
-  auto gen = cpu_generator(derive_seed(seed_, /*stream: data*/ 1, static_cast<uint64_t>(cursor_.batches_total)));
+  auto gen = cpu_generator(derive_seed(seed_, rng_stream::kToyData, static_cast<uint64_t>(cursor_.batches_total)));
   auto all = mix_.sample(global_batch_, gen);
   const int64_t per = global_batch_ / world_;
   ++cursor_.batches_total;

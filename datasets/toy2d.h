@@ -6,7 +6,7 @@
 #include <vector>
 #include <torch/types.h>
 #include "core/parameterization.h"
-#include "datasets/dataset.h"
+#include "core/data.h"
 
 namespace cm {
 
@@ -41,6 +41,8 @@ class ToySource : public DataSource {
   ModelShape shape() const override;
   std::string describe() const override;
   const GaussianMixture& mixture() const { return mix_; }
+  DenoiserFn exact_denoiser() const override { return mix_.denoiser(); }
+  torch::Tensor fresh_points(int64_t n, torch::Generator& gen) const override { return mix_.sample(n, gen); }
 
  private:
   GaussianMixture mix_;

@@ -12,7 +12,6 @@ std::atomic<bool> g_serialize{false};
 std::mutex g_mpi_mutex;
 }  // namespace
 
-int message_rank() { return g_rank.load(); }
 void set_message_rank(int rank) { g_rank.store(rank); }
 std::string rank_tag() {
   const int r = g_rank.load();

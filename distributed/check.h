@@ -18,8 +18,7 @@ struct DistError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// The world rank used in messages (-1 before World::init).
-int message_rank();
+// Sets the world rank used in messages (-1, the default, before World::init).
 void set_message_rank(int rank);
 // "rank 3" (or "rank ?" before World::init); the prefix of every distributed error message.
 std::string rank_tag();

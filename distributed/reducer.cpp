@@ -295,6 +295,11 @@ GradReducer::NoSync::~NoSync() {
   --r_->state_->no_sync_depth;
 }
 
+void GradReducer::set_local_accumulation(bool on) {
+  std::lock_guard<std::mutex> lk(state_->mu);
+  state_->no_sync_depth += on ? 1 : -1;
+}
+
 void GradReducer::set_overlap(bool overlap) {
   std::lock_guard<std::mutex> lk(state_->mu);
   state_->opt.overlap = overlap;

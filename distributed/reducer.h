@@ -32,6 +32,7 @@
 #include <vector>
 #include <torch/nn/module.h>
 #include <torch/types.h>
+#include "core/grad_sync.h"
 #include "distributed/communicator.h"
 
 namespace cm::dist {
@@ -46,7 +47,7 @@ struct ReducerOptions {
   std::string label = "grad";          // prefix of the bucket labels in watchdog messages and the timeline
 };
 
-class GradReducer {
+class GradReducer : public cm::GradSync {
  public:
   GradReducer(std::shared_ptr<Communicator> comm, std::vector<torch::Tensor> params, ReducerOptions options = {});
   // Parameters and buffers of `module` with their names (as in named_parameters / named_buffers).
@@ -57,10 +58,10 @@ class GradReducer {
   GradReducer& operator=(const GradReducer&) = delete;
 
   // Start of a step: zero every bucket (so every .grad) and re-attach gradients that were replaced.
-  void prepare();
+  void prepare() override;
   // End of a step, after the last backward: launch the buckets still waiting (in order), wait for all.
   // MPI: returns when the averages are in place. NCCL: the current stream waits for them.
-  void finish();
+  void finish() override;
 
   // While a NoSync is alive, backward passes accumulate into the buckets without communicating.
   class NoSync {
@@ -74,6 +75,8 @@ class GradReducer {
     GradReducer* r_;
   };
   [[nodiscard]] NoSync no_sync() { return NoSync(this); }
+  // The engine's form of NoSync (core/grad_sync.h): on / off around a backward.
+  void set_local_accumulation(bool on) override;
 
   // Check shapes across ranks, then copy rank 0's parameters and buffers to every rank (done at construction
   // when sync_at_start). Throws DistError naming every parameter whose shape or dtype differs and the ranks.

@@ -6,25 +6,10 @@
 #include <filesystem>
 #include <fstream>
 #include <fmt/format.h>
+#include "core/json.h"  // json_escape
 #include "distributed/check.h"
 
 namespace cm::dist {
-namespace {
-std::string json_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", static_cast<int>(c));
-        else out += c;
-    }
-  }
-  return out;
-}
-}  // namespace
 
 Timeline::Timeline(std::string path, int rank) : path_(std::move(path)), rank_(rank) {
   tid_locked();  // the constructing thread is tid 0, "main"

@@ -34,11 +34,6 @@ void Watchdog::stop() {
   timeout_s_ = 0;
 }
 
-bool Watchdog::running() const {
-  std::lock_guard<std::mutex> lk(mu_);
-  return timeout_s_ > 0 && !stop_;
-}
-
 Watchdog::Id Watchdog::begin(std::string what, std::function<bool()> poll) {
   std::lock_guard<std::mutex> lk(mu_);
   const Id id = next_id_++;
@@ -50,11 +45,6 @@ Watchdog::Id Watchdog::begin(std::string what, std::function<bool()> poll) {
 void Watchdog::end(Id id) {
   std::lock_guard<std::mutex> lk(mu_);
   entries_.erase(id);
-}
-
-size_t Watchdog::in_flight() const {
-  std::lock_guard<std::mutex> lk(mu_);
-  return entries_.size();
 }
 
 void Watchdog::loop() {
@@ -89,7 +79,7 @@ void Watchdog::loop() {
         const std::string msg = fmt::format(
             "watchdog: collective '{}' (entered at step {}) has not completed after {:.1f} s (timeout {} s). "
             "Another rank is probably dead, hung, or not calling this collective (a rank that failed prints its "
-            "own message). If steps are legitimately this slow, raise dist.timeout_s.",
+            "own message). If steps are legitimately this slow, raise train.watchdog_s.",
             e.what, e.step, waited, timeout_s_);
         lk.unlock();
         abort_job(msg, 3);

@@ -8,7 +8,8 @@
 //
 // For GPU collectives, which the host does not wait on, begin() takes a poll function (cudaEventQuery of
 // the collective's completion event); the watchdog thread polls it and retires the entry itself.
-// World::init starts the watchdog with WorldOptions::timeout_s; tests may start/stop it directly.
+// World::init starts the watchdog with WorldOptions::timeout_s (the config key train.watchdog_s), World::finalize
+// stops it.
 #pragma once
 #include <chrono>
 #include <condition_variable>
@@ -29,14 +30,10 @@ class Watchdog {
   // (Re)starts the watchdog thread with this timeout; timeout_s <= 0 stops it.
   void start(double timeout_s);
   void stop();
-  bool running() const;
-  double timeout_s() const { return timeout_s_; }
 
   // A collective began. `poll`, when given, returns true once it has finished (then end() is optional).
   Id begin(std::string what, std::function<bool()> poll = {});
   void end(Id id);
-  // Collectives in flight (for tests and diagnostics).
-  size_t in_flight() const;
 
   ~Watchdog();
 
@@ -50,7 +47,7 @@ class Watchdog {
   };
   void loop();
 
-  mutable std::mutex mu_;
+  std::mutex mu_;
   std::condition_variable cv_;
   std::map<Id, Entry> entries_;
   Id next_id_ = 1;

@@ -79,11 +79,10 @@ torch::Device pick_device(const std::string& request, bool cuda_built, int local
   return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
 }
 
-const World& World::init(const WorldOptions& options) {
-  auto& s = state();
-  if (s.initialized) return s.world;
-  if (s.finalized) throw DistError("distributed: World::init() after World::finalize(); MPI cannot restart");
+namespace {
 
+// MPI_Init_thread unless the host program already initialized MPI; returns the thread level provided.
+int init_mpi(State& s) {
   int already = 0, provided = 0;
   MPI_Initialized(&already);
   if (!already) {
@@ -106,9 +105,13 @@ const World& World::init(const WorldOptions& options) {
         "distributed: MPI provides thread level {} but at least MPI_THREAD_SERIALIZED is needed (the "
         "communication thread calls MPI). Use an MPI built with thread support (Open MPI >= 3, MPICH).", provided));
   set_mpi_thread_level(provided);
+  return provided;
+}
 
+// Rank, size, host, node-local rank and the number of nodes; duplicates the control communicator.
+// Returns the node-local communicator (the caller frees it).
+MPI_Comm discover_layout(State& s) {
   World& w = s.world;
-  w.mpi_thread_level = provided;
   CM_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
   CM_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &w.rank));
   CM_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &w.size));
@@ -126,6 +129,40 @@ const World& World::init(const WorldOptions& options) {
   CM_MPI_CHECK(MPI_Comm_size(local, &w.local_size));
   int leader = w.local_rank == 0 ? 1 : 0;
   CM_MPI_CHECK(MPI_Allreduce(&leader, &w.nodes, 1, MPI_INT, MPI_SUM, s.control));
+  return local;
+}
+
+// The layout, one line per rank, printed by rank 0 in rank order: where every rank runs and which device
+// it drives (CM_SHOW_LAYOUT=0 leaves it out). On a node without GPUs the line also says what a GPU node
+// would give this rank under the same launch (pick_device's rule), so a CPU trial of a job script, or
+// `cm plan RECIPE --layout` under srun/mpirun, shows the rank-to-GPU mapping before any GPU hour is spent.
+void print_layout(const State& s, int gpus, bool same_visibility, const char* vis) {
+  const World& w = s.world;
+  const char* show = std::getenv("CM_SHOW_LAYOUT");
+  if (w.size <= 1 || (show && std::string(show) == "0")) return;
+  std::string line = fmt::format("rank {}/{} host {} local {}/{} device {}", w.rank, w.size, w.host, w.local_rank,
+                                 w.local_size, w.device.str());
+  if (gpus == 0) line += fmt::format(" (on a GPU node: cuda:{})", same_visibility ? w.local_rank : 0);
+  if (vis) line += fmt::format(" CUDA_VISIBLE_DEVICES={}", vis);
+  const auto lines = gather_strings(s.control, line);
+  if (w.rank == 0) {
+    std::string text = fmt::format("world: {} ranks on {} node(s):\n", w.size, w.nodes);
+    for (auto& l : lines) text += "  " + l + "\n";
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+  }
+}
+
+}  // namespace
+
+const World& World::init(const WorldOptions& options) {
+  auto& s = state();
+  if (s.initialized) return s.world;
+  if (s.finalized) throw DistError("distributed: World::init() after World::finalize(); MPI cannot restart");
+
+  World& w = s.world;
+  w.mpi_thread_level = init_mpi(s);
+  MPI_Comm local = discover_layout(s);
 
   // Device: ranks of a node that see the same CUDA_VISIBLE_DEVICES share the node's GPUs (rank i -> GPU i).
   const char* vis = std::getenv("CUDA_VISIBLE_DEVICES");
@@ -138,25 +175,7 @@ const World& World::init(const WorldOptions& options) {
   w.log_all_ranks = options.log_all_ranks;
   s.initialized = true;
 
-  // The layout, one line per rank, printed by rank 0 in rank order: where every rank runs and which device
-  // it drives (CM_SHOW_LAYOUT=0 leaves it out). On a node without GPUs the line also says what a GPU node
-  // would give this rank under the same launch (pick_device's rule), so a CPU trial of a job script, or
-  // `cm plan RECIPE --layout` under srun/mpirun, shows the rank-to-GPU mapping before any GPU hour is spent.
-  const char* show = std::getenv("CM_SHOW_LAYOUT");
-  if (w.size > 1 && !(show && std::string(show) == "0")) {
-    std::string line = fmt::format("rank {}/{} host {} local {}/{} device {}", w.rank, w.size, w.host, w.local_rank,
-                                   w.local_size, w.device.str());
-    if (gpus == 0) line += fmt::format(" (on a GPU node: cuda:{})", same ? w.local_rank : 0);
-    if (vis) line += fmt::format(" CUDA_VISIBLE_DEVICES={}", vis);
-    const auto lines = gather_strings(s.control, line);
-    if (w.rank == 0) {
-      std::string text = fmt::format("world: {} ranks on {} node(s):\n", w.size, w.nodes);
-      for (auto& l : lines) text += "  " + l + "\n";
-      std::fwrite(text.data(), 1, text.size(), stdout);
-      std::fflush(stdout);
-    }
-  }
-
+  print_layout(s, gpus, same, vis);
   Watchdog::get().start(options.timeout_s);
   return w;
 }
@@ -188,12 +207,6 @@ std::vector<uint64_t> all_gather_u64(uint64_t mine) {
   std::vector<uint64_t> out(static_cast<size_t>(World::get().size));
   CM_MPI_CHECK(MPI_Allgather(&mine, 1, MPI_UINT64_T, out.data(), 1, MPI_UINT64_T, comm));
   return out;
-}
-
-void control_barrier() {
-  MPI_Comm comm = control_comm();
-  auto lock = mpi_serialize();
-  CM_MPI_CHECK(MPI_Barrier(comm));
 }
 
 std::string broadcast_string(const std::string& from_root) {

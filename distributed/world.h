@@ -20,6 +20,7 @@ struct WorldOptions {
   // "auto": cuda:<local rank> when this LibTorch has CUDA and the node has GPUs, else cpu. "cpu", "cuda".
   std::string device = "auto";
   // Watchdog (distributed/watchdog.h): a collective running longer than this aborts the job. 0 = off.
+  // `cm train` and the other commands set it from train.watchdog_s.
   double timeout_s = 600;
   // log0() prints on every rank (prefixed with the rank) instead of rank 0 only.
   bool log_all_ranks = false;
@@ -62,7 +63,6 @@ torch::Device pick_device(const std::string& request, bool cuda_built, int local
 // with the communicators' collectives). Entry i comes from rank i.
 std::vector<std::string> all_gather_strings(const std::string& mine);
 std::vector<uint64_t> all_gather_u64(uint64_t mine);
-void control_barrier();
 // rank 0's string on every rank.
 std::string broadcast_string(const std::string& from_root);
 

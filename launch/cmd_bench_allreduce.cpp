@@ -16,9 +16,6 @@
 #include "launch/command.h"
 
 namespace cm::cli {
-namespace {
-
-}  // namespace
 
 const char* const kBenchAllreduceHelp = R"(Usage: mpirun -np W cm bench allreduce [--params 56e6] [--bucket-mb 25] [--iters 5]
                                     [--layers 64] [--backward-ms MS] [--device auto|cpu|cuda] [--trace DIR]
@@ -77,90 +74,120 @@ struct Bench {
   }
 };
 
-int run_allreduce(const Args& args) {
+struct Settings {
+  int64_t params = 0, iters = 0, layers = 0;
+  double bucket_mb = 0, backward_ms = -1;  // backward_ms < 0: 2 x the bucketed time (at least 20 ms)
+};
+
+Settings read_settings(const Args& args) {
   args.check_known({"params", "bucket-mb", "iters", "layers", "backward-ms", "device", "trace"});
-  const auto params = static_cast<int64_t>(args.double_or("params", 56e6));
-  const double bucket_mb = args.double_or("bucket-mb", 25.0);
-  const int64_t iters = args.int_or("iters", 5), layers = args.int_or("layers", 64);
-  double backward_ms = args.double_or("backward-ms", -1.0);
-  if (params < layers || iters < 1 || layers < 1 || bucket_mb <= 0)
+  Settings s;
+  s.params = static_cast<int64_t>(args.double_or("params", 56e6));
+  s.bucket_mb = args.double_or("bucket-mb", 25.0);
+  s.iters = args.int_or("iters", 5), s.layers = args.int_or("layers", 64);
+  s.backward_ms = args.double_or("backward-ms", -1.0);
+  if (s.params < s.layers || s.iters < 1 || s.layers < 1 || s.bucket_mb <= 0)
     throw std::invalid_argument("need --params >= --layers >= 1, --iters >= 1 and --bucket-mb > 0");
+  return s;
+}
+
+// Median milliseconds of each measurement, and whether every reduced value was right on this rank.
+struct Timings {
+  double flat = 0, bucketed = 0, backward = 0, plain = 0, overlap = 0;
+  size_t buckets = 0, overlapped = 0;
+  bool ok = true;
+};
+
+// 2. The values in the reducer's buckets (prepare() and filling are not timed).
+void time_buckets(const Bench& b, dist::GradReducer& red, Timings& t) {
+  const dist::World& w = b.world;
+  t.buckets = red.buckets().size();
+  auto fill = [&] {
+    red.prepare();
+    for (size_t k = 0; k < t.buckets; ++k) red.bucket_tensor(k).fill_(static_cast<double>(w.rank + 1));
+  };
+  t.bucketed = b.measure(fill, [&] { red.finish(); });
+  for (size_t k = 0; k < t.buckets; ++k)
+    t.ok = t.ok && torch::equal(red.bucket_tensor(k), torch::full_like(red.bucket_tensor(k), (w.size + 1) / 2.0));
+}
+
+// 3. A step: synthetic backward + reduction, without and with overlap.
+void time_steps(const Bench& b, dist::SyntheticModel& model, dist::GradReducer& red, dist::Timeline& tl, Timings& t) {
+  t.backward = b.measure([&] { red.prepare(); }, [&] {
+    auto ns = red.no_sync();
+    auto s = tl.scope("backward (alone)");
+    model.loss().backward();
+  });
+  auto step = [&](const char* what) {
+    {
+      auto s = tl.scope(fmt::format("backward ({})", what));
+      model.loss().backward();
+    }
+    auto s = tl.scope(fmt::format("reducer.finish ({})", what));
+    red.finish();
+  };
+  red.set_overlap(false);
+  t.plain = b.measure([&] { red.prepare(); }, [&] { step("no overlap"); });
+  red.set_overlap(true);
+  t.overlap = b.measure([&] { red.prepare(); }, [&] { step("overlap"); });
+  t.overlapped = red.launched_during_backward();
+  for (size_t i = 0; i < model.params.size(); ++i)
+    t.ok = t.ok && torch::equal(model.params[i].grad(), torch::full_like(model.params[i], dist::SyntheticModel::grad_value(i)));
+}
+
+void report(const Bench& b, const Settings& s, const Timings& t) {
+  const dist::World& w = b.world;
+  const double bytes = static_cast<double>(s.params) * 4.0;
+  const double busbw = 2.0 * (w.size - 1) / w.size * bytes / 1e9;  // GB moved per rank, ring algorithm
+  const bool mpi = b.comm->backend() == "mpi";
+  const double hidden = (t.plain - t.overlap) / t.bucketed;
+  dist::log0("cm bench allreduce: {} ranks on {} node(s), backend {}, {:.1f}M float32 values ({:.1f} MB) in {} "
+             "tensors, {} MiB buckets -> {} buckets",
+             w.size, w.nodes, b.comm->backend(), s.params / 1e6, bytes / 1e6, s.layers, s.bucket_mb, t.buckets);
+  dist::log0("  flat {} (1 x {:.1f} MB)  {:9.2f} ms   busbw {:6.2f} GB/s", mpi ? "MPI_Allreduce" : "ncclAllReduce",
+             bytes / 1e6, t.flat, busbw / (t.flat / 1e3));
+  dist::log0("  bucketed ({} buckets)            {:9.2f} ms   busbw {:6.2f} GB/s   {:.3f} x flat  [target <= 1.10]",
+             t.buckets, t.bucketed, busbw / (t.bucketed / 1e3), t.bucketed / t.flat);
+  dist::log0("  backward alone (synthetic)      {:9.2f} ms", t.backward);
+  dist::log0("  step, no overlap                {:9.2f} ms", t.plain);
+  dist::log0("  step, overlap                   {:9.2f} ms   hides {:.0f} % of the bucketed communication "
+             "({} of {} buckets launched during backward)  [target >= 50 %]",
+             t.overlap, 100.0 * hidden, t.overlapped, t.buckets);
+}
+
+// The three measurements on this world; throws when a reduced value is wrong on some rank.
+void measure_all(const dist::World& w, const Settings& s, const std::string& trace_dir) {
+  Bench b{w, dist::Communicator::create(w, w.device), s.iters};
+  dist::Timeline tl(trace_dir.empty() ? "" : fmt::format("{}/trace-rank{}.json", trace_dir, w.rank), w.rank);
+  b.comm->set_timeline(&tl);
+  Timings t;
+  // 1. One flat buffer.
+  torch::Tensor flat = torch::ones({s.params}, torch::TensorOptions().dtype(torch::kFloat).device(w.device));
+  t.flat = b.measure([] {}, [&] { b.comm->all_reduce(flat, dist::ReduceOp::Sum, "flat"); });
+  flat = torch::Tensor();
+
+  dist::SyntheticModel model(dist::SyntheticModel::layer_sizes(s.params, s.layers), 0.0, torch::kFloat, w.device);
+  dist::ReducerOptions ro;
+  ro.bucket_mb = s.bucket_mb;
+  ro.label = "bench";
+  dist::GradReducer red(b.comm, model.params, ro);
+  time_buckets(b, red, t);
+  model.backward_ms = s.backward_ms < 0 ? std::max(2.0 * t.bucketed, 20.0) : s.backward_ms;
+  time_steps(b, model, red, tl, t);
+  t.ok = dist::all_gather_u64(t.ok ? 1 : 0) == std::vector<uint64_t>(static_cast<size_t>(w.size), 1);
+
+  report(b, s, t);
+  b.comm->set_timeline(nullptr);
+  if (!t.ok) throw std::runtime_error("bench allreduce: reduced values are wrong on some rank");
+  dist::log0("  verified: buckets and gradients hold the averages over all ranks");
+}
+
+int run_allreduce(const Args& args) {
+  const Settings s = read_settings(args);
   dist::WorldOptions wo;
   wo.device = args.opt_or("device", "auto");
   const dist::World& w = dist::World::init(wo);
-  {
-    Bench b{w, dist::Communicator::create(w, w.device), iters};
-    const std::string trace_dir = args.opt_or("trace", "");
-    dist::Timeline tl(trace_dir.empty() ? "" : fmt::format("{}/trace-rank{}.json", trace_dir, w.rank), w.rank);
-    b.comm->set_timeline(&tl);
-    const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(w.device);
-    const double bytes = static_cast<double>(params) * 4.0;
-    const double busbw = 2.0 * (w.size - 1) / w.size * bytes / 1e9;  // GB moved per rank, ring algorithm
-    const bool mpi = b.comm->backend() == "mpi";
-
-    // 1. One flat buffer.
-    torch::Tensor flat = torch::ones({params}, opts);
-    const double t_flat = b.measure([] {}, [&] { b.comm->all_reduce(flat, dist::ReduceOp::Sum, "flat"); });
-    flat = torch::Tensor();
-
-    // 2. The same values in the reducer's buckets (prepare() and filling are not timed).
-    dist::SyntheticModel model(dist::SyntheticModel::layer_sizes(params, layers), 0.0, torch::kFloat, w.device);
-    dist::ReducerOptions ro;
-    ro.bucket_mb = bucket_mb;
-    ro.label = "bench";
-    dist::GradReducer red(b.comm, model.params, ro);
-    const size_t nb = red.buckets().size();
-    auto fill = [&] {
-      red.prepare();
-      for (size_t k = 0; k < nb; ++k) red.bucket_tensor(k).fill_(static_cast<double>(w.rank + 1));
-    };
-    const double t_bucket = b.measure(fill, [&] { red.finish(); });
-    bool ok = true;
-    for (size_t k = 0; k < nb; ++k)
-      ok = ok && torch::equal(red.bucket_tensor(k), torch::full_like(red.bucket_tensor(k), (w.size + 1) / 2.0));
-
-    // 3. A step: synthetic backward + reduction, without and with overlap.
-    if (backward_ms < 0) backward_ms = std::max(2.0 * t_bucket, 20.0);
-    model.backward_ms = backward_ms;
-    const double t_bwd = b.measure([&] { red.prepare(); }, [&] {
-      auto ns = red.no_sync();
-      auto s = tl.scope("backward (alone)");
-      model.loss().backward();
-    });
-    auto step = [&](const char* what) {
-      {
-        auto s = tl.scope(fmt::format("backward ({})", what));
-        model.loss().backward();
-      }
-      auto s = tl.scope(fmt::format("reducer.finish ({})", what));
-      red.finish();
-    };
-    red.set_overlap(false);
-    const double t_plain = b.measure([&] { red.prepare(); }, [&] { step("no overlap"); });
-    red.set_overlap(true);
-    const double t_overlap = b.measure([&] { red.prepare(); }, [&] { step("overlap"); });
-    const size_t overlapped = red.launched_during_backward();
-    for (size_t i = 0; i < model.params.size(); ++i)
-      ok = ok && torch::equal(model.params[i].grad(), torch::full_like(model.params[i], dist::SyntheticModel::grad_value(i)));
-    ok = dist::all_gather_u64(ok ? 1 : 0) == std::vector<uint64_t>(static_cast<size_t>(w.size), 1);
-
-    const double hidden = (t_plain - t_overlap) / t_bucket;
-    dist::log0("cm bench allreduce: {} ranks on {} node(s), backend {}, {:.1f}M float32 values ({:.1f} MB) in {} "
-               "tensors, {} MiB buckets -> {} buckets",
-               w.size, w.nodes, b.comm->backend(), params / 1e6, bytes / 1e6, layers, bucket_mb, nb);
-    dist::log0("  flat {} (1 x {:.1f} MB)  {:9.2f} ms   busbw {:6.2f} GB/s", mpi ? "MPI_Allreduce" : "ncclAllReduce",
-               bytes / 1e6, t_flat, busbw / (t_flat / 1e3));
-    dist::log0("  bucketed ({} buckets)            {:9.2f} ms   busbw {:6.2f} GB/s   {:.3f} x flat  [target <= 1.10]",
-               nb, t_bucket, busbw / (t_bucket / 1e3), t_bucket / t_flat);
-    dist::log0("  backward alone (synthetic)      {:9.2f} ms", t_bwd);
-    dist::log0("  step, no overlap                {:9.2f} ms", t_plain);
-    dist::log0("  step, overlap                   {:9.2f} ms   hides {:.0f} % of the bucketed communication "
-               "({} of {} buckets launched during backward)  [target >= 50 %]",
-               t_overlap, 100.0 * hidden, overlapped, nb);
-    b.comm->set_timeline(nullptr);
-    if (!ok) throw std::runtime_error("bench allreduce: reduced values are wrong on some rank");
-    dist::log0("  verified: buckets and gradients hold the averages over all ranks");
-  }
+  measure_all(w, s, args.opt_or("trace", ""));
   dist::World::finalize();
   return 0;
 }

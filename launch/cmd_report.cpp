@@ -210,24 +210,8 @@ std::string picture(const fs::path& png, const std::string& caption) {
                      html_escape(caption), base64(read_file(png.string())));
 }
 
-int run(const std::vector<std::string>& argv) {
-  if (wants_help(argv, kHelp)) return 0;
-  Args args(argv, {});
-  args.check_known({"out", "max-pictures"});
-  const auto plain = args.plain();
-  if (plain.size() != 1) throw std::invalid_argument("expected exactly one RUN_DIR (see `cm report --help`)");
-  const fs::path dir = plain[0];
-  if (!fs::is_directory(dir)) throw std::invalid_argument(fmt::format("{}: not a directory", dir.string()));
-  if (!fs::exists(dir / "config.toml") && !fs::exists(dir / "metrics.jsonl"))
-    throw std::invalid_argument(fmt::format("{}: no config.toml or metrics.jsonl; not a run directory of cm train", dir.string()));
-  const int64_t max_pictures = std::max<int64_t>(1, args.int_or("max-pictures", 12));
-
-  const Json meta = read_json_or_empty((dir / "meta.json").string());
-  const Json final_json = read_json_or_empty((dir / "final.json").string());
-  const Metrics m = fs::exists(dir / "metrics.jsonl") ? read_metrics((dir / "metrics.jsonl").string()) : Metrics{};
-  std::string recipe = dir.filename().string();
-  if (const Json* r = meta.get("recipe"); r && r->kind == Json::Str) recipe = r->str;
-
+// The title, the status line, the final figures, meta.json and the committed checkpoints.
+std::string run_section(const fs::path& dir, const std::string& recipe, const Json& meta, const Json& final_json, const Metrics& m) {
   std::string body;
   body += fmt::format("<h1>cm run: {}</h1>", html_escape(recipe));
   const bool finished = final_json.kind == Json::Obj;
@@ -248,10 +232,13 @@ int run(const std::vector<std::string>& argv) {
     body += "</ul></div>";
   }
   body += "</div>";
+  return body;
+}
 
-  // Curves.
-  body += "<h2>Curves</h2><div class=\"charts\">";
-  int charts = 0;
+// The charts of metrics.jsonl; `charts` counts them.
+std::string curves_section(const Metrics& m, int& charts) {
+  std::string body = "<h2>Curves</h2><div class=\"charts\">";
+  charts = 0;
   auto chart = [&](const std::string& title, const std::string& xlabel, const Series& s, bool log) {
     if (s.empty()) return;
     body += svg_chart(title, xlabel, s, log);
@@ -270,9 +257,13 @@ int run(const std::vector<std::string>& argv) {
   if (charts == 0) body += "<p>No metrics logged yet (metrics.jsonl is empty or missing).</p>";
   if (m.fid.empty()) body += "<p class=\"note\">No FID during training: set <code>eval.every_images</code> (see <code>cm eval --help</code>).</p>";
   if (m.skipped) body += fmt::format("<p class=\"note\">{} line(s) of metrics.jsonl did not parse and were skipped.</p>", m.skipped);
+  return body;
+}
 
-  // Pictures over time.
-  std::vector<std::pair<int64_t, fs::path>> pics;
+using Pictures = std::vector<std::pair<int64_t, fs::path>>;  // (step, samples/step_*.png)
+
+Pictures sample_pictures(const fs::path& dir) {
+  Pictures pics;
   if (fs::is_directory(dir / "samples"))
     for (auto& e : fs::directory_iterator(dir / "samples")) {
       const std::string n = e.path().filename().string();
@@ -284,29 +275,48 @@ int run(const std::vector<std::string>& argv) {
       }
     }
   std::sort(pics.begin(), pics.end());
-  std::vector<std::pair<int64_t, fs::path>> shown;
-  if (static_cast<int64_t>(pics.size()) <= max_pictures) {
-    shown = pics;
-  } else {
-    std::set<size_t> idx;
-    for (int64_t i = 0; i < max_pictures; ++i)
-      idx.insert(static_cast<size_t>(std::llround(static_cast<double>(i) * (pics.size() - 1) / std::max<int64_t>(1, max_pictures - 1))));
-    for (size_t i : idx) shown.push_back(pics[i]);
-  }
-  body += "<h2>Samples over time</h2>";
-  if (shown.empty() && !fs::exists(dir / "samples.png")) body += "<p>No sample pictures yet.</p>";
+  return pics;
+}
+
+// At most `max_pictures`, evenly spaced, always with the first and the last.
+Pictures evenly_spaced(const Pictures& pics, int64_t max_pictures) {
+  if (static_cast<int64_t>(pics.size()) <= max_pictures) return pics;
+  std::set<size_t> idx;
+  for (int64_t i = 0; i < max_pictures; ++i)
+    idx.insert(static_cast<size_t>(std::llround(static_cast<double>(i) * (pics.size() - 1) / std::max<int64_t>(1, max_pictures - 1))));
+  Pictures shown;
+  for (size_t i : idx) shown.push_back(pics[i]);
+  return shown;
+}
+
+// The sample pictures over time and the final samples.png; `pictures` counts those shown.
+std::string pictures_section(const fs::path& dir, int64_t max_pictures, size_t& pictures) {
+  const Pictures pics = sample_pictures(dir);
+  const Pictures shown = evenly_spaced(pics, max_pictures);
+  const bool final_png = fs::exists(dir / "samples.png");
+  std::string body = "<h2>Samples over time</h2>";
+  if (shown.empty() && !final_png) body += "<p>No sample pictures yet.</p>";
   body += "<p class=\"note\">Fixed noise for every picture; one step on the left, the recipe's multistep sampling on the right.</p><div class=\"pics\">";
   for (auto& [step, path] : shown) body += picture(path, fmt::format("step {}", step));
-  if (fs::exists(dir / "samples.png")) body += picture(dir / "samples.png", "final samples.png");
+  if (final_png) body += picture(dir / "samples.png", "final samples.png");
   body += "</div>";
   if (pics.size() > shown.size()) body += fmt::format("<p class=\"note\">{} of {} pictures shown.</p>", shown.size(), pics.size());
+  pictures = shown.size() + (final_png ? 1 : 0);
+  return body;
+}
 
+std::string config_section(const fs::path& dir) {
+  std::string body;
   if (fs::exists(dir / "config.toml")) body += "<h2>Config</h2><pre>" + html_escape(read_file((dir / "config.toml").string())) + "</pre>";
   if (fs::exists(dir / "overrides.txt")) {
     const std::string ov = read_file((dir / "overrides.txt").string());
     body += "<h2>Overrides</h2><pre>" + (ov.empty() ? std::string("(none)") : html_escape(ov)) + "</pre>";
   }
+  return body;
+}
 
+// The whole page around `body`: its style and the script that counts what rendered.
+std::string html_page(const std::string& recipe, const std::string& body) {
   const std::string css =
       "body{font-family:sans-serif;margin:24px;color:#222;max-width:1400px}h1{font-size:22px}h2{font-size:17px;margin-top:28px}"
       ".cols{display:flex;gap:32px;flex-wrap:wrap}.kv th{text-align:left;padding-right:14px;font-weight:normal;color:#555}"
@@ -319,14 +329,40 @@ int run(const std::vector<std::string>& argv) {
       "if(im.complete&&im.naturalWidth>0)ok++;else console.error('picture did not decode: '+im.alt);}"
       "document.body.setAttribute('data-pictures',ok);"
       "document.body.setAttribute('data-charts',document.querySelectorAll('svg.chart polyline').length);});";
-  const std::string html = fmt::format(
+  return fmt::format(
       "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>cm run {}</title><style>{}</style></head>\n<body>{}\n"
       "<script>{}</script></body></html>\n",
       html_escape(recipe), css, body, js);
+}
+
+int run(const std::vector<std::string>& argv) {
+  if (wants_help(argv, kHelp)) return 0;
+  Args args(argv, {});
+  args.check_known({"out", "max-pictures"});
+  const auto plain = args.plain();
+  if (plain.size() != 1) throw std::invalid_argument("expected exactly one RUN_DIR (see `cm report --help`)");
+  const fs::path dir = plain[0];
+  if (!fs::is_directory(dir)) throw std::invalid_argument(fmt::format("{}: not a directory", dir.string()));
+  if (!fs::exists(dir / "config.toml") && !fs::exists(dir / "metrics.jsonl"))
+    throw std::invalid_argument(fmt::format("{}: no config.toml or metrics.jsonl; not a run directory of cm train", dir.string()));
+  const int64_t max_pictures = std::max<int64_t>(1, args.int_or("max-pictures", 12));
+
+  const Json meta = read_json_or_empty((dir / "meta.json").string());
+  const Json final_json = read_json_or_empty((dir / "final.json").string());
+  const Metrics m = fs::exists(dir / "metrics.jsonl") ? read_metrics((dir / "metrics.jsonl").string()) : Metrics{};
+  std::string recipe = dir.filename().string();
+  if (const Json* r = meta.get("recipe"); r && r->kind == Json::Str) recipe = r->str;
+
+  int charts = 0;
+  size_t pictures = 0;
+  std::string body = run_section(dir, recipe, meta, final_json, m);
+  body += curves_section(m, charts);
+  body += pictures_section(dir, max_pictures, pictures);
+  body += config_section(dir);
+  const std::string html = html_page(recipe, body);
   const std::string out = args.opt_or("out", (dir / "report.html").string());
   write_file_atomic(out, html);
-  fmt::print("wrote {} ({} charts, {} pictures, {:.1f} MB)\n", out, charts, shown.size() + (fs::exists(dir / "samples.png") ? 1 : 0),
-             static_cast<double>(html.size()) / 1e6);
+  fmt::print("wrote {} ({} charts, {} pictures, {:.1f} MB)\n", out, charts, pictures, static_cast<double>(html.size()) / 1e6);
   return 0;
 }
 

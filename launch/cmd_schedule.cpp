@@ -44,14 +44,12 @@ int run(const std::vector<std::string>& argv) {
   for (auto k : steps) {
     if (k < 0) throw std::invalid_argument(fmt::format("step {} is negative", k));
     Row row{k, 0, 0, {}};
-    if (m.schedule == "ct") row.n = m.ct.num_scales(k), row.mu = m.ct.target_ema(k);
-    else if (m.schedule == "ict") row.n = m.ict.num_scales(k), row.mu = 0.0;
-    else row.n = m.num_scales, row.mu = m.mu;
+    row.n = m.curriculum.num_scales(k), row.mu = m.curriculum.target_ema(k);
     if (args.flag("grid")) row.grid = karras_grid(row.n, m.range);
     rows.push_back(row);
   }
   if (args.flag("json")) {
-    fmt::print("{{\"recipe\": \"{}\", \"method\": \"{}\", \"schedule\": \"{}\", \"total_steps\": {}, \"rows\": [", r.name, m.name, m.schedule, K);
+    fmt::print("{{\"recipe\": \"{}\", \"method\": \"{}\", \"schedule\": \"{}\", \"total_steps\": {}, \"rows\": [", r.name, m.name, m.curriculum.name(), K);
     for (size_t i = 0; i < rows.size(); ++i) {
       fmt::print("{}{{\"step\": {}, \"N\": {}, \"mu\": {:.17g}", i ? ", " : "", rows[i].k, rows[i].n, rows[i].mu);
       if (!rows[i].grid.empty()) fmt::print(", \"grid\": [{:.17g}]", fmt::join(rows[i].grid, ", "));
@@ -60,7 +58,7 @@ int run(const std::vector<std::string>& argv) {
     fmt::print("]}}\n");
     return 0;
   }
-  fmt::print("recipe {} | method {} | schedule {} | K = {} | sigma in [{}, {}], rho {}\n", r.name, m.name, m.schedule, K,
+  fmt::print("recipe {} | method {} | schedule {} | K = {} | sigma in [{}, {}], rho {}\n", r.name, m.name, m.curriculum.name(), K,
              m.range.sigma_min, m.range.sigma_max, m.range.rho);
   fmt::print("{:>10} {:>6} {:>20}\n", "step k", "N(k)", "mu(k)");
   for (auto& row : rows) {

@@ -1,7 +1,9 @@
 // `cm train`: train a recipe on this process (or as one rank of an mpirun/srun job).
 #include <fmt/format.h>
 #include "launch/command.h"
+#include "launch/model_args.h"         // run_world_job: a plain process, or one rank of the world
 #include "recipes/recipe.h"
+#include "recipes/observers.h"  // add_standard_observers
 #include "recipes/trainer.h"
 #include "distributed/communicator.h"  // Communicator::create: NCCL for a GPU, MPI for the CPU
 #include "distributed/guard.h"         // run_guarded: a rank that throws aborts the whole job
@@ -46,22 +48,14 @@ int run(const std::vector<std::string>& argv) {
   opt.quiet = args.flag("quiet");
   Recipe r = Recipe::load(plain[0], args.overrides());
   // Without a launcher this stays a plain process (no MPI); under mpirun/srun every rank joins the world.
-  if (!dist::launched_by_mpi()) return Trainer(std::move(r), opt).run().preempted_by ? kExitPreempted : 0;
-  return dist::run_guarded([&] {
-    dist::WorldOptions wo;
-    wo.device = r.train.device;
-    wo.timeout_s = r.train.watchdog_s;  // the watchdog: a collective that takes longer aborts the job
-    const dist::World& w = dist::World::init(wo);
-    bool preempted = false;
-    {
-      TrainerOptions ranked = opt;
-      ranked.rank = w.rank, ranked.world = w.size, ranked.local_rank = w.local_rank, ranked.local_size = w.local_size;
-      ranked.comm = dist::Communicator::create(w, w.device);
-      Trainer trainer(std::move(r), std::move(ranked));
-      preempted = trainer.run().preempted_by != 0;
-    }  // the trainer holds the only reference to the communicator: both go before MPI does
-    dist::World::finalize();
-    return preempted ? kExitPreempted : 0;
+  const std::string device = r.train.device;
+  const double watchdog_s = r.train.watchdog_s;
+  return run_world_job(device, watchdog_s, [&](const dist::World* w, std::shared_ptr<dist::Communicator> comm) {
+    if (w) opt.rank = w->rank, opt.world = w->size, opt.local_rank = w->local_rank, opt.local_size = w->local_size;
+    opt.comm = std::move(comm);
+    Trainer trainer(std::move(r), std::move(opt));
+    add_standard_observers(trainer);
+    return trainer.run().preempted_by != 0 ? kExitPreempted : 0;
   });
 }
 

@@ -1,4 +1,5 @@
 // `cm ts-search`: the intermediate noise level of 2-step sampling, chosen by FID (the reference's search).
+#include <chrono>
 #include <cmath>
 #include <fmt/format.h>
 #include <limits>
@@ -38,17 +39,100 @@ struct Candidate {
   double sigma = 0, fid = std::numeric_limits<double>::quiet_NaN();
 };
 
+// The candidate indices i = from, from + stride, ... <= to of a grid-point Karras grid.
+struct Candidates {
+  int64_t grid = 0, from = 0, to = 0, stride = 0;
+};
+
+Candidates read_candidates(const Args& args, const Recipe& r) {
+  Candidates c;
+  c.grid = args.int_or("grid", r.sample.grid);
+  if (c.grid < 3) throw std::invalid_argument(fmt::format("--grid {}: 2-step sampling needs N >= 3", c.grid));
+  c.from = args.int_or("from", 1), c.to = args.int_or("to", c.grid - 2), c.stride = args.int_or("stride", 1);
+  if (c.from < 1 || c.to > c.grid - 2 || c.from > c.to || c.stride < 1)
+    throw std::invalid_argument(fmt::format("candidates --from {} --to {} --stride {}: need 1 <= from <= to <= N-2 = {} and stride >= 1", c.from,
+                                            c.to, c.stride, c.grid - 2));
+  return c;
+}
+
+SamplingOptions read_sampling(const Args& args, const Recipe& r) {
+  SamplingOptions so;
+  so.count = args.int_or("count", 5000);
+  so.seed = static_cast<uint64_t>(args.int_or("seed", 0));
+  so.clip_denoised = clip_arg(args, r);
+  labels_arg(args, so);
+  if (so.count < 2) throw std::invalid_argument("--count must be >= 2");
+  return so;
+}
+
+// The FID of each candidate index (each computed once, all from the same noise).
+struct CandidateFids {
+  NetworkImpl& net;
+  const Preconditioning& p;
+  const ModelShape& shape;
+  torch::Device dev;
+  dist::Communicator* comm;
+  FeatureNetwork& fnet;
+  const ReferenceSet& ref;
+  const EvalOptions& o;
+  SamplingOptions so;
+  int64_t grid = 0;
+  bool verbose = false;  // a line per candidate
+  std::vector<Candidate> done;
+
+  void evaluate(int64_t i) {
+    for (auto& c : done)
+      if (c.index == i) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    Candidate c;
+    c.index = i;
+    so.sigmas = ts_to_sigmas({0, i, grid - 1}, grid, p.range);
+    c.sigma = so.sigmas[1];
+    ImageRangeFn images = [&](int64_t b, int64_t e) { return to_uint8_reference(sample_floats(net, p, shape, so, b, e, dev).x.cpu()); };
+    SetFeatures f = compute_features(fnet, so.count, images, o, false, false, comm, "samples");
+    c.fid = frechet_distance(f.stats, ref.stats);
+    done.push_back(c);
+    if (verbose)
+      fmt::print("  ts = 0,{},{}   sigma {:<10.5g} FID {:.4f}   ({:.1f}s)\n", i, grid - 1, c.sigma, c.fid,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    std::fflush(stdout);
+  }
+  Candidate best() const {
+    return *std::min_element(done.begin(), done.end(), [](const Candidate& a, const Candidate& b) { return a.fid < b.fid; });
+  }
+  // Every candidate; with --refine (and stride > 1), then every index within stride of the best one.
+  void run(const Candidates& c, bool refine) {
+    for (int64_t i = c.from; i <= c.to; i += c.stride) evaluate(i);
+    if (refine && c.stride > 1) {
+      const int64_t b = best().index;
+      for (int64_t i = std::max(c.from, b - c.stride + 1); i <= std::min(c.to, b + c.stride - 1); ++i) evaluate(i);
+    }
+  }
+};
+
+// The best candidate, and with --json the whole table (rank 0).
+void report(const Args& args, CandidateFids& fids) {
+  auto& done = fids.done;
+  std::sort(done.begin(), done.end(), [](const Candidate& a, const Candidate& b) { return a.index < b.index; });
+  const Candidate b = fids.best();
+  const int64_t grid = fids.grid, count = fids.so.count;
+  fmt::print("best: --ts 0,{},{} --grid {} (sigma {:.5g}), FID {:.4f} on {} samples\n", b.index, grid - 1, grid, b.sigma, b.fid, count);
+  if (auto j = args.opt("json")) {
+    std::string results;
+    for (auto& c : done) results += fmt::format("{}{{\"index\": {}, \"sigma\": {:.17g}, \"fid\": {:.17g}}}", results.empty() ? "" : ", ", c.index, c.sigma, c.fid);
+    write_file_atomic(*j, fmt::format("{{\"grid\": {}, \"count\": {}, \"inception_sha256\": \"{}\", \"results\": [{}], \"best\": {{\"index\": {}, "
+                                      "\"sigma\": {:.17g}, \"fid\": {:.17g}}}}}\n",
+                                      grid, count, fids.fnet.sha256(), results, b.index, b.sigma, b.fid));
+    fmt::print("wrote {}\n", *j);
+  }
+}
+
 int search(const Args& args, const Recipe& r, dist::Communicator* comm, torch::Device dev) {
   const bool main = !comm || comm->rank() == 0, quiet = args.flag("quiet");
   if (!r.method.is_consistency()) throw std::invalid_argument(fmt::format("recipe {} trains an EDM model; ts-search is for consistency models", r.name));
   const ModelShape shape = recipe_model_shape(r);
   if (shape.resolution == 0) throw std::invalid_argument("ts-search measures FID of images; this recipe's model makes 2-D points");
-  const int64_t grid = args.int_or("grid", r.sample.grid);
-  if (grid < 3) throw std::invalid_argument(fmt::format("--grid {}: 2-step sampling needs N >= 3", grid));
-  const int64_t from = args.int_or("from", 1), to = args.int_or("to", grid - 2), stride = args.int_or("stride", 1);
-  if (from < 1 || to > grid - 2 || from > to || stride < 1)
-    throw std::invalid_argument(fmt::format("candidates --from {} --to {} --stride {}: need 1 <= from <= to <= N-2 = {} and stride >= 1", from, to,
-                                            stride, grid - 2));
+  const Candidates cands = read_candidates(args, r);
   auto net = build_network(r, shape);
   load_weights_arg(*net, *args.opt("weights"), args.opt("ema"));
   net->to(dev);
@@ -61,54 +145,12 @@ int search(const Args& args, const Recipe& r, dist::Communicator* comm, torch::D
   if (o.batch < 1) throw std::invalid_argument("--batch must be >= 1");
   FeatureNetwork fnet(FeatureNetwork::locate(args.opt_or("inception", "")), dev);
   ReferenceSet ref = load_reference(*args.opt("ref"), fnet, o, false, comm);
-  SamplingOptions so;
-  so.count = args.int_or("count", 5000);
-  so.seed = static_cast<uint64_t>(args.int_or("seed", 0));
-  so.clip_denoised = clip_arg(args, r);
-  labels_arg(args, so);
-  if (so.count < 2) throw std::invalid_argument("--count must be >= 2");
+  CandidateFids fids{*net, p, shape, dev, comm, fnet, ref, o, read_sampling(args, r), cands.grid, main && !quiet, {}};
   if (main && !quiet)
-    fmt::print("ts-search: {} samples per candidate, {}-point grid, against {}; inception {} (sha256 {})\n", so.count, grid, ref.description,
-               fnet.path(), fnet.sha256());
-
-  std::vector<Candidate> done;
-  auto evaluate = [&](int64_t i) {
-    for (auto& c : done)
-      if (c.index == i) return;
-    const auto t0 = std::chrono::steady_clock::now();
-    Candidate c;
-    c.index = i;
-    so.sigmas = ts_to_sigmas({0, i, grid - 1}, grid, p.range);
-    c.sigma = so.sigmas[1];
-    ImageRangeFn images = [&](int64_t b, int64_t e) { return to_uint8_reference(sample_floats(*net, p, shape, so, b, e, dev).x.cpu()); };
-    SetFeatures f = compute_features(fnet, so.count, images, o, false, false, comm, "samples");
-    c.fid = frechet_distance(f.stats, ref.stats);
-    done.push_back(c);
-    if (main && !quiet)
-      fmt::print("  ts = 0,{},{}   sigma {:<10.5g} FID {:.4f}   ({:.1f}s)\n", i, grid - 1, c.sigma, c.fid,
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    std::fflush(stdout);
-  };
-  auto best = [&] {
-    return *std::min_element(done.begin(), done.end(), [](const Candidate& a, const Candidate& b) { return a.fid < b.fid; });
-  };
-  for (int64_t i = from; i <= to; i += stride) evaluate(i);
-  if (args.flag("refine") && stride > 1) {
-    const int64_t b = best().index;
-    for (int64_t i = std::max(from, b - stride + 1); i <= std::min(to, b + stride - 1); ++i) evaluate(i);
-  }
-  if (!main) return 0;
-  std::sort(done.begin(), done.end(), [](const Candidate& a, const Candidate& b) { return a.index < b.index; });
-  const Candidate b = best();
-  fmt::print("best: --ts 0,{},{} --grid {} (sigma {:.5g}), FID {:.4f} on {} samples\n", b.index, grid - 1, grid, b.sigma, b.fid, so.count);
-  if (auto j = args.opt("json")) {
-    std::string results;
-    for (auto& c : done) results += fmt::format("{}{{\"index\": {}, \"sigma\": {:.17g}, \"fid\": {:.17g}}}", results.empty() ? "" : ", ", c.index, c.sigma, c.fid);
-    write_file_atomic(*j, fmt::format("{{\"grid\": {}, \"count\": {}, \"inception_sha256\": \"{}\", \"results\": [{}], \"best\": {{\"index\": {}, "
-                                      "\"sigma\": {:.17g}, \"fid\": {:.17g}}}}}\n",
-                                      grid, so.count, fnet.sha256(), results, b.index, b.sigma, b.fid));
-    fmt::print("wrote {}\n", *j);
-  }
+    fmt::print("ts-search: {} samples per candidate, {}-point grid, against {}; inception {} (sha256 {})\n", fids.so.count, cands.grid,
+               ref.description, fnet.path(), fnet.sha256());
+  fids.run(cands, args.flag("refine"));
+  if (main) report(args, fids);
   return 0;
 }
 

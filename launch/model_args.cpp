@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fmt/format.h>
 #include <torch/torch.h>
+#include "core/compat.h"          // cuda_available
 #include "core/sampler.h"        // ts_to_sigmas
 #include "core/weights.h"        // load_weights
 #include "distributed/communicator.h"  // Communicator::create
@@ -18,23 +19,32 @@
 namespace cm::cli {
 
 c10::Device single_process_device(const std::string& device) {
-  return device != "cpu" && torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  // "auto" tolerates a machine without a GPU; "cuda" without one is an error naming why.
+  const int gpus = compat::cuda_available() ? static_cast<int>(torch::cuda::device_count()) : 0;
+  return dist::pick_device(device, compat::cuda_available(), 0, 1, gpus, true, "this host");
 }
 
-int run_on_world(const std::string& device, double watchdog_s, const WorldFn& fn) {
-  if (!dist::launched_by_mpi()) return fn(nullptr, 0, single_process_device(device));
+int run_world_job(const std::string& device, double watchdog_s, const WorldJobFn& fn) {
+  if (!dist::launched_by_mpi()) return fn(nullptr, nullptr);
   return dist::run_guarded([&] {
     dist::WorldOptions wo;
     wo.device = device;
-    wo.timeout_s = watchdog_s;
+    wo.timeout_s = watchdog_s;  // the watchdog: a collective that takes longer aborts the job
     const dist::World& w = dist::World::init(wo);
     int rc = 0;
     {
       auto comm = dist::Communicator::create(w, w.device);
-      rc = fn(comm->size() > 1 ? comm.get() : nullptr, w.rank, w.device);
-    }  // the communicator goes before MPI does
+      rc = fn(&w, std::move(comm));
+    }  // the job holds the only reference to the communicator: both go before MPI does
     dist::World::finalize();
     return rc;
+  });
+}
+
+int run_on_world(const std::string& device, double watchdog_s, const WorldFn& fn) {
+  return run_world_job(device, watchdog_s, [&](const dist::World* w, std::shared_ptr<dist::Communicator> comm) {
+    if (!w) return fn(nullptr, 0, single_process_device(device));
+    return fn(comm->size() > 1 ? comm.get() : nullptr, w->rank, w->device);
   });
 }
 

@@ -17,6 +17,7 @@ struct SamplingOptions;
 
 namespace cm::dist {
 class Communicator;
+struct World;
 }
 
 namespace cm::cli {
@@ -28,6 +29,10 @@ namespace cm::cli {
 c10::Device single_process_device(const std::string& device = "auto");
 using WorldFn = std::function<int(dist::Communicator* comm, int rank, c10::Device device)>;
 int run_on_world(const std::string& device, double watchdog_s, const WorldFn& fn);
+// The entry both forms share (also `cm train`'s): fn(nullptr, nullptr) in a plain process; under
+// mpirun/srun fn(world, its communicator) inside dist::run_guarded, MPI finalized after fn returns.
+using WorldJobFn = std::function<int(const dist::World* world, std::shared_ptr<dist::Communicator> comm)>;
+int run_world_job(const std::string& device, double watchdog_s, const WorldJobFn& fn);
 
 // "80,0.8" -> {80, 0.8}; throws naming `what` for anything else.
 std::vector<double> parse_doubles(const std::string& s, const std::string& what);

@@ -210,7 +210,7 @@ MemoryEstimate estimate_memory(const ModelStats& s, int64_t batch_per_gpu, int64
 
 TrainingFlops training_flops(const Recipe& r, const ModelStats& s) {
   TrainingFlops f;
-  const bool cd = r.method.name == "cd", learned_teacher = cd && r.method.teacher != "exact";
+  const bool learned_teacher = r.method.learned_teacher();
   f.forwards = 3.0;
   if (r.method.is_consistency()) f.forwards += 1.0;
   if (learned_teacher) f.forwards += r.method.solver == Solver::Heun ? 2.0 : 1.0;

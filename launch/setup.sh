@@ -9,8 +9,9 @@ PACKAGES=(
   libtorch-dev libopenblas0-pthread          # LibTorch 1.13 (CPU) and a fast BLAS for it
   libopenmpi-dev openmpi-bin                 # MPI communicator, mpirun
   libhdf5-dev                                # dataset shards
-  libtomlplusplus-dev libfmt-dev zlib1g-dev  # configs, formatting, PNG/zip
-  libjpeg-dev libpng-dev libwebp-dev liblmdb-dev  # dataset converters
+  libtomlplusplus-dev libfmt-dev zlib1g-dev  # configs, formatting, gzip and CRC32
+  nlohmann-json3-dev libssl-dev libzip-dev   # JSON, SHA-256 (libcrypto), zip (.npz, .pt)
+  libjpeg-dev libpng-dev libwebp-dev liblmdb-dev  # PNG pictures, dataset converters
   libxxhash-dev                              # per-record checksums of the dataset shards
   libgtest-dev                               # tests
   clang libclang-rt-14-dev                   # fuzz targets (tests/fuzz, libFuzzer + ASan/UBSan)

@@ -10,17 +10,16 @@
 #include <filesystem>
 #include <set>
 #include <torch/torch.h>
+#include "source_revision.h"  // generated: git describe of the build
 #include "core/ema.h"
 #include "core/json.h"
 #include "core/optim.h"
 #include "core/precision.h"
 #include "distributed/communicator.h"
 #include "distributed/preemption.h"
+#include "distributed/world.h"  // broadcast_string
 #include "recipes/objectives.h"
 
-#ifndef CM_SOURCE_REVISION
-#define CM_SOURCE_REVISION "unknown"
-#endif
 
 namespace fs = std::filesystem;
 
@@ -42,60 +41,7 @@ torch::Tensor cpu_copy(const torch::Tensor& t) {
   return d.to(torch::kCPU).contiguous();
 }
 
-// The student's layout with the EMA's values for the parameters (network_state lists the parameters
-// first, in parameters() order, then the buffers).
-NamedTensors ema_state(NetworkImpl& net, const std::vector<torch::Tensor>& ema) {
-  NamedTensors out;
-  size_t k = 0;
-  for (auto& [n, v] : network_state(net)) {
-    out.emplace_back(n, k < ema.size() ? ema[k] : v);
-    ++k;
-  }
-  return out;
-}
 
-// Copies a file's tensors into `dst` by name; every name, shape and dtype must match.
-void assign_named(const NamedTensors& dst, const TensorFile& src, const std::string& origin) {
-  std::vector<std::string> problems;
-  std::set<std::string> names;
-  for (auto& [n, t] : dst) {
-    names.insert(n);
-    const torch::Tensor* s = src.find(n);
-    if (!s) problems.push_back("missing " + n);
-    else if (s->sizes() != t.sizes() || s->scalar_type() != t.scalar_type())
-      problems.push_back(fmt::format("{} is {} {} in the checkpoint, {} {} in this run", n, c10::toString(s->scalar_type()),
-                                     c10::str(s->sizes()), c10::toString(t.scalar_type()), c10::str(t.sizes())));
-  }
-  for (auto& [n, t] : src.tensors)
-    if (!names.count(n)) problems.push_back("unexpected " + n);
-  if (!problems.empty())
-    throw std::runtime_error(fmt::format("{} does not match this run's network: {}", origin, fmt::join(problems, "; ")));
-  torch::NoGradGuard ng;
-  for (auto& [n, t] : dst) t.copy_(*src.find(n));
-}
-
-std::string json_doubles(const std::vector<double>& v) {
-  std::vector<std::string> s;
-  for (double x : v) s.push_back(fmt::format("{:.17g}", x));
-  return fmt::format("[{}]", fmt::join(s, ", "));
-}
-
-// A string from rank 0 to every rank.
-std::string broadcast_string(dist::Communicator* comm, int64_t world, const std::string& s) {
-  if (!comm || world <= 1) return s;
-  // On the communicator's device (NCCL takes CUDA tensors only).
-  auto n = torch::tensor({static_cast<int64_t>(s.size())}, torch::kInt64).to(comm->device());
-  comm->broadcast(n, 0, "checkpoint path length");
-  const int64_t len = n.cpu().item<int64_t>();
-  auto bytes = torch::zeros({len}, torch::kUInt8);
-  if (comm->rank() == 0 && !s.empty()) std::memcpy(bytes.data_ptr(), s.data(), s.size());
-  if (len > 0) {
-    auto dev = bytes.to(comm->device());
-    comm->broadcast(dev, 0, "checkpoint path");
-    bytes = dev.cpu();
-  }
-  return std::string(static_cast<const char*>(bytes.data_ptr()), static_cast<size_t>(len));
-}
 
 // Keeps the lines of metrics.jsonl up to `step` (later ones belong to the interrupted run's lost future;
 // a line cut short by a kill is dropped too).
@@ -167,19 +113,15 @@ void check_resume_config(const Recipe& now, const Config& saved, const std::stri
     throw ConfigError(fmt::format("cannot resume from {}: its config.toml does not bind in this version: {}", origin, e.what()));
   }
   const auto& m = now.method;
-  int64_t was = -1, is = -1;
-  if (m.schedule == "ct") was = old.method.ct.total_steps, is = m.ct.total_steps;
-  if (m.schedule == "ict") was = old.method.ict.total_steps, is = m.ict.total_steps;
-  if (was != is)
+  const int64_t was = old.method.curriculum.total_steps(), is = m.curriculum.total_steps();
+  if (m.is_consistency() && m.curriculum.kind != CurriculumKind::Fixed && was != is)
     throw ConfigError(fmt::format("cannot resume from {}: the {} curriculum N(k) was spread over {} steps and would now be spread "
                                   "over {} (train.steps changed from {} to {}); add +method.curriculum_steps={} to keep it",
-                                  origin, m.schedule == "ct" ? "CT" : "iCT", was, is, old.train.steps, now.train.steps, was));
+                                  origin, m.curriculum.kind == CurriculumKind::Ct ? "CT" : "iCT", was, is, old.train.steps, now.train.steps, was));
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Reading
-
-std::string ema_file_name(double rate) { return fmt::format("ema_{}.safetensors", SamplingEmas::rate_name(rate)); }
 
 TensorFile read_checkpoint_tensors(const CheckpointInfo& c, const std::string& name) {
   return parse_safetensors(read_checkpoint_file(c, name), c.path + "/" + name);
@@ -214,7 +156,7 @@ CheckpointInfo find_checkpoint(const std::string& given, std::vector<std::string
 // ---------------------------------------------------------------------------------------------------
 // Coordinator
 
-CheckpointCoordinator::CheckpointCoordinator(const Recipe& recipe, TrainStateRefs state, Options opt)
+CheckpointCoordinator::CheckpointCoordinator(const Recipe& recipe, const TrainState& state, Options opt)
     : recipe_(recipe), state_(state), opt_(opt), dir_(recipe.run.dir + "/checkpoints") {
   if (opt_.world > 1 && !opt_.comm) throw std::logic_error("CheckpointCoordinator: world > 1 needs a communicator");
   install_preemption_handlers();
@@ -254,43 +196,34 @@ CheckpointCoordinator::Snapshot CheckpointCoordinator::capture(int64_t step) {
     for (auto& [n, t] : ts) out.emplace_back(n, copy_to_buffer(t));
     return out;
   };
-  const auto& tc = recipe_.train;
-  auto& student = *state_.objective->student();
   const std::map<std::string, std::string> meta = {
       {"recipe", recipe_.name}, {"config_hash", recipe_.config.hash()}, {"step", std::to_string(step)}};
   Snapshot s;
   s.step = step;
-  s.files.push_back(PendingFile::of_tensors("model.safetensors", copy(network_state(student)), meta));
-  auto obj = state_.objective->state();
-  if (!obj.empty()) s.files.push_back(PendingFile::of_tensors("objective.safetensors", copy(obj), meta));
-  const auto& rates = state_.emas->rates();
-  for (size_t i = 0; i < rates.size(); ++i) {
-    auto m = meta;
-    m["ema_rate"] = SamplingEmas::rate_name(rates[i]);
-    s.files.push_back(PendingFile::of_tensors(ema_file_name(rates[i]), copy(ema_state(student, state_.emas->weights(i))), m));
-  }
-  s.files.push_back(PendingFile::of_tensors("optimizer.safetensors", copy(state_.optimizer->state()), meta));
-  const DataCursor cur = state_.data->cursor();
-  s.files.push_back(PendingFile::of_text(
-      "state.json",
-      fmt::format("{{\n  \"format\": \"{}\",\n  \"version\": {},\n  \"step\": {},\n  \"images_seen\": {},\n  \"global_batch\": {},\n"
-                  "  \"micro_batches\": {},\n  \"world_size\": {},\n  \"data_cursor\": {{\"epoch\": {}, \"batch_in_epoch\": {}, "
-                  "\"batches_total\": {}}},\n  \"ema_rates\": {},\n  \"optimizer_steps\": {},\n  \"config_hash\": \"{}\",\n"
-                  "  \"recipe\": \"{}\",\n  \"source_revision\": \"{}\",\n{}"
-                  "  \"rng\": \"none saved: every draw of step k is derived from (seed, k[, rank]) (core/rng.h)\"\n}}\n",
-                  kStateFormat, kStateVersion, step, step * tc.batch, tc.batch, tc.micro_batches, opt_.world, cur.epoch,
-                  cur.batch_in_epoch, cur.batches_total, json_doubles(rates), state_.optimizer->steps_taken(),
-                  recipe_.config.hash(), json_escape(recipe_.name), CM_SOURCE_REVISION, scaler_json())));
+  for (auto& [name, part] : state_.parts())
+    for (auto& f : part->files()) {
+      auto m = meta;
+      m.insert(f.meta.begin(), f.meta.end());
+      s.files.push_back(PendingFile::of_tensors(f.name, copy(f.tensors), m));
+    }
+  s.files.push_back(PendingFile::of_text("state.json", state_json(step)));
   s.files.push_back(PendingFile::of_text("config.toml", recipe_.config.to_toml() + "\n"));
   return s;
 }
 
-// The scaler's state as a state.json member line (scale with all 17 digits: resume is exact).
-std::string CheckpointCoordinator::scaler_json() const {
-  if (!state_.scaler) return "";
-  const auto s = state_.scaler->state();
-  return fmt::format("  \"loss_scaler\": {{\"scale\": {:.17g}, \"good_steps\": {}, \"skipped_steps\": {}, \"consecutive_skipped\": {}}},\n",
-                     s.scale, s.good_steps, s.skipped_steps, s.consecutive_skipped);
+// state.json: the run's figures at `step`, then every part's members (data cursor, EMA rates, optimizer
+// steps, loss scaler), then where it came from.
+std::string CheckpointCoordinator::state_json(int64_t step) const {
+  const auto& tc = recipe_.train;
+  std::string parts;
+  for (auto& [name, part] : state_.parts())
+    for (auto& [key, value] : part->json_members()) parts += fmt::format("  \"{}\": {},\n", key, value);
+  return fmt::format("{{\n  \"format\": \"{}\",\n  \"version\": {},\n  \"step\": {},\n  \"images_seen\": {},\n  \"global_batch\": {},\n"
+                     "  \"micro_batches\": {},\n  \"world_size\": {},\n{}  \"config_hash\": \"{}\",\n  \"recipe\": \"{}\",\n"
+                     "  \"source_revision\": \"{}\",\n"
+                     "  \"rng\": \"none saved: every draw of step k is derived from (seed, k[, rank]) (core/rng.h)\"\n}}\n",
+                     kStateFormat, kStateVersion, step, step * tc.batch, tc.batch, tc.micro_batches, opt_.world, parts,
+                     recipe_.config.hash(), json_escape(recipe_.name), source_revision());
 }
 
 void CheckpointCoordinator::save(int64_t step, bool wait_for_it) {
@@ -405,53 +338,56 @@ void CheckpointCoordinator::finish(int64_t done) {
 // ---------------------------------------------------------------------------------------------------
 // Resume
 
-int64_t CheckpointCoordinator::resume() {
+// Rank 0: the checkpoint `resume` selects ("" = a fresh start), its config checked; newer checkpoints of
+// this run directory moved aside.
+std::string CheckpointCoordinator::choose_checkpoint() {
   const std::string& mode = recipe_.resume;
-  std::string chosen;  // path of the checkpoint to load; "" = fresh start
-  if (is_main()) {
-    for (auto& t : remove_stale_temporaries(dir_))
-      fmt::print(stderr, "note: removed {}/{}, left by a checkpoint write that was interrupted\n", dir_, t);
-    std::vector<std::string> skipped;
-    std::optional<CheckpointInfo> info;
-    if (mode == "never") {
-      auto dirs = list_checkpoint_dirs(dir_);
-      if (!dirs.empty())
-        throw ConfigError(fmt::format("resume = \"never\", but {} already holds checkpoints (up to {}); use another run.dir, or "
-                                      "resume=auto to continue", dir_, dirs.back().second));
-    } else if (mode == "auto") {
-      info = newest_valid_checkpoint(dir_, &skipped);
-      // Checkpoints exist and none verifies: starting from step 0 over them would quietly throw away the
-      // run (and later overwrite its step numbers); the user decides.
-      if (!info && !skipped.empty())
-        throw std::runtime_error(fmt::format(
-            "resume = \"auto\", but no checkpoint in {} verifies ({} skipped: {}). To start this run over, move {} aside "
-            "(or use another run.dir); to continue from a checkpoint elsewhere, give resume=PATH",
-            dir_, skipped.size(), fmt::join(skipped, "; "), dir_));
-    } else {
-      info = find_checkpoint(mode, &skipped);
-    }
-    for (auto& s : skipped) fmt::print(stderr, "warning: skipping a checkpoint that does not verify: {}\n", s);
-    if (info && info->step > recipe_.train.steps)
-      throw ConfigError(fmt::format("{} is at step {}, beyond train.steps = {}: raise train.steps (with +method.curriculum_steps "
-                                    "for CT/iCT) or resume from an earlier checkpoint", info->path, info->step, recipe_.train.steps));
-    if (info) {
-      Config saved = Config::parse(read_checkpoint_file(*info, "config.toml"), info->path + "/config.toml");
-      check_resume_config(recipe_, saved, info->path);
-      chosen = info->path;
-    }
-    // Checkpoints of this run directory newer than the one resumed from (unverifiable ones, or a future
-    // abandoned by resume=PATH) are moved aside, never deleted, so that this run can commit those steps.
-    const int64_t from = info ? info->step : -1;
-    for (auto& [step, path] : list_checkpoint_dirs(dir_)) {
-      if (step <= from) continue;
-      const std::string aside = aside_name(path);
-      std::error_code ec;
-      fs::rename(path, aside, ec);
-      if (ec) throw std::runtime_error(fmt::format("cannot move '{}' aside to '{}': {}", path, aside, ec.message()));
-      fmt::print(stderr, "note: moved {} (newer than the checkpoint resumed from) to {}\n", path, aside);
-    }
+  for (auto& t : remove_stale_temporaries(dir_))
+    fmt::print(stderr, "note: removed {}/{}, left by a checkpoint write that was interrupted\n", dir_, t);
+  std::vector<std::string> skipped;
+  std::optional<CheckpointInfo> info;
+  if (mode == "never") {
+    auto dirs = list_checkpoint_dirs(dir_);
+    if (!dirs.empty())
+      throw ConfigError(fmt::format("resume = \"never\", but {} already holds checkpoints (up to {}); use another run.dir, or "
+                                    "resume=auto to continue", dir_, dirs.back().second));
+  } else if (mode == "auto") {
+    info = newest_valid_checkpoint(dir_, &skipped);
+    // Checkpoints exist and none verifies: starting from step 0 over them would quietly throw away the
+    // run (and later overwrite its step numbers); the user decides.
+    if (!info && !skipped.empty())
+      throw std::runtime_error(fmt::format(
+          "resume = \"auto\", but no checkpoint in {} verifies ({} skipped: {}). To start this run over, move {} aside "
+          "(or use another run.dir); to continue from a checkpoint elsewhere, give resume=PATH",
+          dir_, skipped.size(), fmt::join(skipped, "; "), dir_));
+  } else {
+    info = find_checkpoint(mode, &skipped);
   }
-  chosen = broadcast_string(opt_.comm, opt_.world, chosen);
+  for (auto& s : skipped) fmt::print(stderr, "warning: skipping a checkpoint that does not verify: {}\n", s);
+  if (info && info->step > recipe_.train.steps)
+    throw ConfigError(fmt::format("{} is at step {}, beyond train.steps = {}: raise train.steps (with +method.curriculum_steps "
+                                  "for CT/iCT) or resume from an earlier checkpoint", info->path, info->step, recipe_.train.steps));
+  if (info) check_resume_config(recipe_, Config::parse(read_checkpoint_file(*info, "config.toml"), info->path + "/config.toml"), info->path);
+  move_newer_aside(info ? info->step : -1);
+  return info ? info->path : "";
+}
+
+// Checkpoints of this run directory newer than the one resumed from (unverifiable ones, or a future
+// abandoned by resume=PATH) are moved aside, never deleted, so that this run can commit those steps.
+void CheckpointCoordinator::move_newer_aside(int64_t from) {
+  for (auto& [step, path] : list_checkpoint_dirs(dir_)) {
+    if (step <= from) continue;
+    const std::string aside = aside_name(path);
+    std::error_code ec;
+    fs::rename(path, aside, ec);
+    if (ec) throw std::runtime_error(fmt::format("cannot move '{}' aside to '{}': {}", path, aside, ec.message()));
+    fmt::print(stderr, "note: moved {} (newer than the checkpoint resumed from) to {}\n", path, aside);
+  }
+}
+
+int64_t CheckpointCoordinator::resume() {
+  std::string chosen = is_main() ? choose_checkpoint() : "";
+  if (opt_.world > 1) chosen = dist::broadcast_string(chosen);  // MPI's control communicator (distributed/world.h)
   if (chosen.empty()) return 0;
   CheckpointInfo info;
   try {
@@ -479,37 +415,20 @@ void CheckpointCoordinator::restore(const CheckpointInfo& c) {
                                          recipe_.train.batch));
   const int64_t saved_world = st.at("world_size", state_path).integer;
 
-  auto& student = *state_.objective->student();
-  assign_named(network_state(student), read_checkpoint_tensors(c, "model.safetensors"), c.path + "/model.safetensors");
-  if (c.has("objective.safetensors")) state_.objective->load_state(read_checkpoint_tensors(c, "objective.safetensors").tensors);
-  else if (!state_.objective->state().empty())
-    throw std::runtime_error(fmt::format("{} has no objective.safetensors (target network) but this objective needs one", c.path));
-  const auto& rates = state_.emas->rates();
-  for (size_t i = 0; i < rates.size(); ++i) {
-    const std::string name = ema_file_name(rates[i]);
-    if (!c.has(name)) throw std::runtime_error(fmt::format("{} has no {} (sampling EMA {})", c.path, name, rates[i]));
-    assign_named(ema_state(student, state_.emas->mutable_weights(i)), read_checkpoint_tensors(c, name), c.path + "/" + name);
-  }
-  // The EMA files repeat the student's buffers; loading them above wrote the same values back.
-  assign_named(network_state(student), read_checkpoint_tensors(c, "model.safetensors"), c.path + "/model.safetensors");
-  state_.optimizer->load_state(read_checkpoint_tensors(c, "optimizer.safetensors").tensors);
-  const Json& cur = st.at("data_cursor", state_path);
-  DataCursor dc;
-  dc.epoch = cur.at("epoch", state_path).integer;
-  dc.batch_in_epoch = cur.at("batch_in_epoch", state_path).integer;
-  dc.batches_total = cur.at("batches_total", state_path).integer;
-  state_.data->restore(dc);
-  if (state_.scaler) {
-    // Written since loss scaling exists; an older checkpoint (no entry) had no scaler and no skipped steps.
-    if (const Json* ls = st.get("loss_scaler")) {
-      LossScaler::State s;
-      s.scale = ls->at("scale", state_path).num;
-      s.good_steps = ls->at("good_steps", state_path).integer;
-      s.skipped_steps = ls->at("skipped_steps", state_path).integer;
-      s.consecutive_skipped = ls->at("consecutive_skipped", state_path).integer;
-      state_.scaler->restore(s);
-    }
-  }
+  // Every part restores itself, in the order they were added (model, EMAs, optimizer, data, loss scaler).
+  class Reader : public StateReader {
+   public:
+    Reader(const CheckpointInfo& c, const Json& st) : c_(c), st_(st) {}
+    bool has(const std::string& file) const override { return c_.has(file); }
+    TensorFile read(const std::string& file) const override { return read_checkpoint_tensors(c_, file); }
+    const Json& state() const override { return st_; }
+    const std::string& origin() const override { return c_.path; }
+
+   private:
+    const CheckpointInfo& c_;
+    const Json& st_;
+  } reader(c, st);
+  for (auto& [name, part] : state_.parts()) part->restore(reader);
 
   if (is_main() && !opt_.quiet) {
     fmt::print("resuming from {} (step {}, {} images seen)\n", c.path, step, st.at("images_seen", state_path).integer);

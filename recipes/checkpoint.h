@@ -1,9 +1,10 @@
 // The checkpoint coordinator: what the training state is, when it is saved, how it is written (a
 // background thread, from a CPU copy), which checkpoints are kept, and how a run resumes.
 //
-// The state, all of it. A checkpoint run.dir/checkpoints/step_NNNNNNNN/ holds
+// The state, all of it: the parts of a TrainState (core/train_state.h), each written by its owner.
+// A checkpoint run.dir/checkpoints/step_NNNNNNNN/ holds
 //   model.safetensors        the student theta (parameters and buffers; `cm sample --weights` reads it)
-//   objective.safetensors    what the objective owns beyond the student: the target theta- ("target.*")
+//   objective.safetensors    the target theta- ("target.*"), when it is a network of its own (the EMA set)
 //   ema_<rate>.safetensors   every sampling EMA (the student's layout; `cm sample` reads these too)
 //   optimizer.safetensors    the moments and the step count of Adam/RAdam
 //   state.json               step, images seen, data cursor, world size, global batch, config hash
@@ -12,8 +13,8 @@
 // and nothing else is needed: every random draw of step k is derived from (seed, k[, rank]) (core/rng.h),
 // so there is no generator state to save on any rank, and a resumed run draws exactly what an
 // uninterrupted one would; the CT/iCT curriculum N(k), mu(k) is a function of the step; the data stream
-// is defined in global batches and restored from its cursor. There is no loss scale (no mixed
-// precision yet) and no fp32 master copy. Only rank 0 writes: the weights, EMAs and optimizer state are
+// is defined in global batches and restored from its cursor; the loss scaler's state is in state.json.
+// Only rank 0 writes: the weights, EMAs and optimizer state are
 // bit-identical on all ranks (checked by fingerprint) and the cursor is global.
 //
 // Writing. save() copies the state into CPU buffers on the calling thread (the only part a training step
@@ -38,6 +39,8 @@
 #include <string>
 #include <vector>
 #include "core/checkpoint_dir.h"
+#include "core/ema.h"  // ema_file_name
+#include "core/train_state.h"
 #include "recipes/recipe.h"
 
 namespace cm {
@@ -45,20 +48,6 @@ namespace cm {
 namespace dist {
 class Communicator;
 }
-class Objective;
-class SamplingEmas;
-class Optimizer;
-class DataSource;
-class LossScaler;
-
-// What the trainer owns and a checkpoint holds.
-struct TrainStateRefs {
-  Objective* objective = nullptr;  // student, target
-  SamplingEmas* emas = nullptr;
-  Optimizer* optimizer = nullptr;
-  DataSource* data = nullptr;      // cursor
-  LossScaler* scaler = nullptr;    // loss scale and skipped-step counts
-};
 
 // Timings of one checkpoint (rank 0).
 struct CheckpointTimes {
@@ -84,7 +73,8 @@ class CheckpointCoordinator {
     dist::Communicator* comm = nullptr;  // required when world > 1
     bool quiet = false;
   };
-  CheckpointCoordinator(const Recipe& recipe, TrainStateRefs state, Options opt);
+  // `state`: the parts a checkpoint holds (core/train_state.h), produced by their owners; it must outlive the coordinator.
+  CheckpointCoordinator(const Recipe& recipe, const TrainState& state, Options opt);
   ~CheckpointCoordinator();  // waits for a write in flight; its error is printed, not thrown
 
   // Hook at the start of training (all ranks): restores the checkpoint that `resume` selects and returns
@@ -117,11 +107,13 @@ class CheckpointCoordinator {
   void write(Snapshot& s, CheckpointTimes t);
   void apply_retention(int64_t newest);
   void restore(const CheckpointInfo& c);
-  std::string scaler_json() const;
+  std::string choose_checkpoint();
+  void move_newer_aside(int64_t from);
+  std::string state_json(int64_t step) const;
   bool is_main() const { return opt_.rank == 0; }
 
   const Recipe& recipe_;
-  TrainStateRefs state_;
+  const TrainState& state_;
   Options opt_;
   std::string dir_;
   int64_t last_saved_ = -1;
@@ -142,6 +134,6 @@ CheckpointInfo find_checkpoint(const std::string& path, std::vector<std::string>
 // The newest checkpoint under a checkpoints/ directory that verifies, if any.
 std::optional<CheckpointInfo> newest_valid_checkpoint(const std::string& parent, std::vector<std::string>* skipped);
 TensorFile read_checkpoint_tensors(const CheckpointInfo& c, const std::string& name);
-std::string ema_file_name(double rate);  // "ema_0.995.safetensors"
+// ema_file_name(rate): "ema_0.995.safetensors" (core/ema.h).
 
 }  // namespace cm

@@ -2,6 +2,7 @@
 #include "recipes/objectives.h"
 
 #include <cmath>
+#include <optional>
 #include <fmt/format.h>
 #include <torch/torch.h>
 #include "core/distance.h"
@@ -9,6 +10,8 @@
 #include "core/karras.h"
 #include "core/lpips.h"
 #include "core/network.h"
+#include "core/rng_streams.h"
+#include "core/precision.h"
 #include "core/ode.h"
 #include "core/weights.h"
 
@@ -82,12 +85,10 @@ torch::Tensor rows_normal(const StepInfo& s, uint64_t stream) {
 
 // Reseeds dropout for (seed, step, rank) and returns a snapshot so the target pass can reuse the masks.
 GeneratorSnapshot seed_dropout(const StepInfo& s) {
-  seed_default_generator(s.device, derive_seed(s.seed, /*stream: dropout*/ 7, static_cast<uint64_t>(s.step),
+  seed_default_generator(s.device, derive_seed(s.seed, rng_stream::kDropout, static_cast<uint64_t>(s.step),
                                                static_cast<uint64_t>(s.rank) * 1000003ull + s.rows.offset));
   return GeneratorSnapshot(s.device);
 }
-
-enum Stream : uint64_t { kNoise = 3, kIndex = 4, kSigma = 5 };
 
 // ---------------------------------------------------------------------------------------------------
 class EdmObjective : public Objective {
@@ -99,9 +100,9 @@ class EdmObjective : public Objective {
   }
   torch::Tensor loss(const Batch& b, const StepInfo& s) override {
     auto x = b.x;
-    auto n = rows_normal(s, kSigma);
+    auto n = rows_normal(s, rng_stream::kSigma);
     auto sigma = torch::exp(m_.p_mean + m_.p_std * n).to(x.scalar_type());
-    auto z = rows_randn(s, kNoise, x.sizes().slice(1));
+    auto z = rows_randn(s, rng_stream::kNoise, x.sizes().slice(1));
     seed_dropout(s);
     auto denoised = precondition(*student_, precond_, x + append_dims(sigma, x.dim()) * z, sigma, b.labels);
     const double sd = m_.range.sigma_data;
@@ -113,7 +114,33 @@ class EdmObjective : public Objective {
   MethodConfig m_;
 };
 
+// The cumulative distribution over the N-1 adjacent pairs of a grid of the method's pair sampling.
+std::vector<double> pair_cdf(const MethodConfig& m, const std::vector<double>& grid) {
+  std::vector<double> cdf;
+  switch (m.pair_sampling) {
+    case PairSampling::Lognormal: {
+      double acc = 0;
+      for (double v : lognormal_pair_probs(grid, m.p_mean, m.p_std)) cdf.push_back(acc += v);
+      break;
+    }
+    case PairSampling::Uniform: {
+      const double n = static_cast<double>(grid.size() - 1);
+      for (size_t i = 1; i < grid.size(); ++i) cdf.push_back(static_cast<double>(i) / n);
+      break;
+    }
+  }
+  cdf.back() = 1.0 + 1e-12;  // guard against u rounding past the last bucket
+  return cdf;
+}
+
+// The noise levels of a row's pair: t_lo = t_n, t_hi = t_{n+1}, [rows] in the batch's dtype.
+struct PairLevels {
+  torch::Tensor t_lo, t_hi;
+};
+
 // ---------------------------------------------------------------------------------------------------
+// The consistency loss of CD, CT and iCT, composed of the method's parts (recipes/methods.h): pair
+// sampling, the second point, the curriculum, the metric and the weighting.
 class ConsistencyObjective : public Objective {
  public:
   ConsistencyObjective(const Recipe& r, NetworkPtr student, NetworkPtr target, Preconditioning p, DenoiserFn teacher,
@@ -126,122 +153,100 @@ class ConsistencyObjective : public Objective {
     // raised here, before any training step.
     if (m_.metric == Metric::Lpips) lpips_ = make_lpips(m_.lpips_weights);
     if (target_) copy_params(target_->parameters(), student_->parameters());
-  }
-
-  int64_t num_scales(int64_t k) const {
-    if (m_.schedule == "ct") return m_.ct.num_scales(k);
-    if (m_.schedule == "ict") return m_.ict.num_scales(k);
-    return m_.num_scales;
-  }
-  double target_ema(int64_t k) const {
-    if (m_.schedule == "ct") return m_.ct.target_ema(k);
-    if (m_.schedule == "ict") return 0.0;
-    return m_.mu;
+    const bool mixed = r.train.precision == Precision::Bf16 || r.train.precision == Precision::Fp16;
+    target_fp32_ = mixed && (r.train.target_precision == TargetPrecision::Fp32 ||
+                             (r.train.target_precision == TargetPrecision::Auto && !target_));
   }
 
   std::map<std::string, double> schedule(int64_t k) const override {
-    return {{"N", static_cast<double>(num_scales(k))}, {"mu", target_ema(k)}};
+    return {{"N", static_cast<double>(m_.curriculum.num_scales(k))}, {"mu", m_.curriculum.target_ema(k)}};
   }
 
   torch::Tensor loss(const Batch& b, const StepInfo& s) override {
     const auto& x = b.x;
     const int64_t nd = x.dim();
-    const auto grid = karras_grid(num_scales(s.step), m_.range);
-    // Pair index n in [0, N-2]: uniform, or iCT's discretized lognormal, drawn for the global batch.
-    auto u = rows_uniform(s, kIndex);
-    std::vector<double> cdf;
-    if (m_.index_sampling == "lognormal") {
-      auto p = lognormal_pair_probs(grid, m_.p_mean, m_.p_std);
-      double acc = 0;
-      for (double v : p) cdf.push_back(acc += v);
-    } else {
-      const double n = static_cast<double>(grid.size() - 1);
-      for (size_t i = 1; i < grid.size(); ++i) cdf.push_back(static_cast<double>(i) / n);
-    }
-    cdf.back() = 1.0 + 1e-12;  // guard against u rounding past the last bucket
-    auto cdf_t = torch::tensor(cdf, torch::TensorOptions().dtype(torch::kFloat64).device(s.device));
-    auto idx = injected_index_.defined()
-                   ? injected_index_.to(torch::TensorOptions().dtype(torch::kInt64).device(s.device))
-                   : torch::searchsorted(cdf_t, u, /*out_int32=*/false, /*right=*/true).clamp_max(static_cast<int64_t>(grid.size()) - 2);
-    auto grid_t = torch::tensor(grid, torch::TensorOptions().dtype(torch::kFloat64).device(s.device));
-    auto t_lo = grid_t.index_select(0, idx).to(x.scalar_type());      // t_n
-    auto t_hi = grid_t.index_select(0, idx + 1).to(x.scalar_type());  // t_{n+1}
-    if (injected_t_lo_.defined()) t_lo = injected_t_lo_.to(t_lo.options());
-    if (injected_t_hi_.defined()) t_hi = injected_t_hi_.to(t_hi.options());
-
-    auto z = injected_noise_.defined() ? injected_noise_.to(x.options()) : rows_randn(s, kNoise, x.sizes().slice(1));
-    auto x_hi = x + append_dims(t_hi, nd) * z;
-    torch::Tensor x_lo;
-    if (m_.name == "cd") {
-      torch::NoGradGuard ng;
-      x_lo = ode_step(m_.solver, teacher_, x_hi, t_hi, t_lo, b.labels);
-    } else {
-      x_lo = x + append_dims(t_lo, nd) * z;  // CT: the same z on both sides
-    }
-
+    const auto pair = draw_pair(s, x.scalar_type());
+    auto z = injected_noise_.defined() ? injected_noise_.to(x.options()) : rows_randn(s, rng_stream::kNoise, x.sizes().slice(1));
+    auto x_hi = x + append_dims(pair.t_hi, nd) * z;
+    auto x_lo = second_point(x, z, x_hi, pair, b.labels);
     // Identical dropout masks for the student and target passes: same generator state before each.
     auto snap = seed_dropout(s);
-    auto f_student = precondition(*student_, precond_, x_hi, t_hi, b.labels);
+    auto f_student = precondition(*student_, precond_, x_hi, pair.t_hi, b.labels);
     snap.restore();
-    torch::Tensor f_target;
-    NetworkImpl& tnet = target_ ? *target_ : *student_;
-    if (m_.stop_gradient) {
-      torch::NoGradGuard ng;
-      f_target = precondition(tnet, precond_, x_lo, t_lo, b.labels);
-    } else {
-      f_target = precondition(tnet, precond_, x_lo, t_lo, b.labels);
-    }
-
-    torch::Tensor d;
-    switch (m_.metric) {
-      case Metric::L2: d = l2_distance(f_student, f_target); break;
-      case Metric::L1: d = l1_distance(f_student, f_target); break;
-      case Metric::PseudoHuber: d = pseudo_huber_distance(f_student, f_target); break;
-      case Metric::Lpips:
-        d = lpips_->forward(f_student, f_target.to(f_student.scalar_type()));
-        break;
-    }
-    if (m_.weighting == "inverse_dt") d = d / (t_hi - t_lo);
+    auto f_target = target_output(x_lo, pair.t_lo, b.labels);
+    auto d = distance(f_student, f_target);
+    if (m_.weighting == Weighting::InverseDt) d = d / (pair.t_hi - pair.t_lo);
     return d.mean();
   }
 
-  void after_step(int64_t step) override {
-    // theta- follows mu(k) of the step just taken. With mu = 0 and no separate target (iCT) there is
-    // nothing to do: the target is stopgrad(theta) itself.
-    if (target_) ema_update(target_->parameters(), student_->parameters(), target_ema(step));
-  }
+  NetworkPtr target() const override { return target_; }
+  double target_ema(int64_t k) const override { return m_.curriculum.target_ema(k); }
 
-  NamedTensors state() const override {
-    NamedTensors out;
-    if (target_)
-      for (auto& [n, t] : network_state(*target_)) out.emplace_back("target." + n, t);
-    return out;
-  }
-  void load_state(const NamedTensors& st) override {
-    if (!target_) return;
-    torch::NoGradGuard ng;
-    for (auto& [n, t] : network_state(*target_)) {
-      bool found = false;
-      for (auto& [k, v] : st)
-        if (k == "target." + n) t.copy_(v), found = true;
-      if (!found) throw std::runtime_error(fmt::format("checkpoint has no target tensor 'target.{}'", n));
-    }
-  }
-
- private:
-  MethodConfig m_;
-  Lpips lpips_{nullptr};
-  NetworkPtr target_;  // null when theta- = stopgrad(theta) (mu = 0 throughout)
-  DenoiserFn teacher_;
-  NetworkPtr teacher_net_;  // the learned teacher behind teacher_, if any
-
- public:
   void to(torch::Device d) override {
     student_->to(d);
     if (target_) target_->to(d);
     if (teacher_net_) teacher_net_->to(d);
     if (lpips_) lpips_->to(d);
   }
+
+ private:
+  // Pair index n in [0, N-2] per row (from the step's curriculum grid and the method's pair sampling), and
+  // its levels; draws injected by a test replace them.
+  PairLevels draw_pair(const StepInfo& s, torch::ScalarType dtype) const {
+    const auto grid = karras_grid(m_.curriculum.num_scales(s.step), m_.range);
+    auto u = rows_uniform(s, rng_stream::kPairIndex);
+    auto cdf_t = torch::tensor(pair_cdf(m_, grid), torch::TensorOptions().dtype(torch::kFloat64).device(s.device));
+    auto idx = injected_index_.defined()
+                   ? injected_index_.to(torch::TensorOptions().dtype(torch::kInt64).device(s.device))
+                   : torch::searchsorted(cdf_t, u, /*out_int32=*/false, /*right=*/true).clamp_max(static_cast<int64_t>(grid.size()) - 2);
+    auto grid_t = torch::tensor(grid, torch::TensorOptions().dtype(torch::kFloat64).device(s.device));
+    PairLevels p{grid_t.index_select(0, idx).to(dtype), grid_t.index_select(0, idx + 1).to(dtype)};
+    if (injected_t_lo_.defined()) p.t_lo = injected_t_lo_.to(p.t_lo.options());
+    if (injected_t_hi_.defined()) p.t_hi = injected_t_hi_.to(p.t_hi.options());
+    return p;
+  }
+
+  // x_{t_n} from x_{t_{n+1}}: the teacher's ODE step (CD) or the same noise at the lower level (CT, iCT).
+  torch::Tensor second_point(const torch::Tensor& x, const torch::Tensor& z, const torch::Tensor& x_hi, const PairLevels& p,
+                             const torch::Tensor& labels) const {
+    switch (m_.traits().second_point) {
+      case SecondPoint::TeacherOde: {
+        torch::NoGradGuard ng;
+        return ode_step(m_.solver, teacher_, x_hi, p.t_hi, p.t_lo, labels);
+      }
+      case SecondPoint::SameNoise:
+      case SecondPoint::None: break;
+    }
+    return x + append_dims(p.t_lo, x.dim()) * z;
+  }
+
+  // The target's output f_{theta-}(x_{t_n}, t_n): theta- itself, or the student when theta- = stopgrad(theta);
+  // in fp32 when train.target_precision says so (a bf16 stopgrad(theta) target drowns the pair's difference).
+  torch::Tensor target_output(const torch::Tensor& x_lo, const torch::Tensor& t_lo, const torch::Tensor& labels) {
+    NetworkImpl& tnet = target_ ? *target_ : *student_;
+    std::optional<AutocastOff> fp32;
+    if (target_fp32_) fp32.emplace(x_lo.device());
+    if (!m_.stop_gradient) return precondition(tnet, precond_, x_lo, t_lo, labels);
+    torch::NoGradGuard ng;
+    return precondition(tnet, precond_, x_lo, t_lo, labels);
+  }
+
+  torch::Tensor distance(const torch::Tensor& f_student, const torch::Tensor& f_target) {
+    switch (m_.metric) {
+      case Metric::L2: return l2_distance(f_student, f_target);
+      case Metric::L1: return l1_distance(f_student, f_target);
+      case Metric::PseudoHuber: return pseudo_huber_distance(f_student, f_target);
+      case Metric::Lpips: break;
+    }
+    return lpips_->forward(f_student, f_target.to(f_student.scalar_type()));
+  }
+
+  MethodConfig m_;
+  Lpips lpips_{nullptr};
+  NetworkPtr target_;  // null when theta- = stopgrad(theta) (mu = 0 throughout)
+  DenoiserFn teacher_;
+  NetworkPtr teacher_net_;  // the learned teacher behind teacher_, if any
+  bool target_fp32_ = false;  // the target pass without autocast (train.target_precision)
 };
 
 }  // namespace
@@ -256,8 +261,8 @@ std::unique_ptr<Objective> make_objective(const Recipe& r, const ObjectiveDeps& 
 
   DenoiserFn teacher;
   NetworkPtr tnet;
-  if (r.method.name == "cd") {
-    if (r.method.teacher == "exact") {
+  if (r.method.distills()) {
+    if (r.method.exact_teacher) {
       if (!deps.exact_denoiser)
         throw ConfigError("method.teacher = \"exact\" needs a dataset with a closed-form denoiser (the toy mixtures)");
       teacher = deps.exact_denoiser;
@@ -271,9 +276,8 @@ std::unique_ptr<Objective> make_objective(const Recipe& r, const ObjectiveDeps& 
     }
   }
   // A separate target network only when mu can be non-zero.
-  const bool needs_target = r.method.schedule == "ct" || (r.method.schedule == "fixed" && r.method.mu > 0);
   NetworkPtr target;
-  if (needs_target) {
+  if (r.method.has_target_network()) {
     target = make_net();
     for (auto& q : target->parameters()) q.requires_grad_(false);
     target->train();  // dropout active, with the student's masks (see loss)

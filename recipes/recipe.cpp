@@ -42,6 +42,7 @@ static TrainConfig bind_train(ConfigReader t) {
   c.check_every = t.get_int("check_every", c.check_every);
   c.watchdog_s = t.get_double("watchdog_s", c.watchdog_s);
   c.precision = parse_precision(t.get_choice("precision", "fp32", {"fp32", "tf32", "bf16", "fp16"}));
+  c.target_precision = parse_target_precision(t.get_choice("target_precision", "auto", {"auto", "fp32", "same"}));
   const std::string scaling = t.get_choice("loss_scale", "auto", {"auto", "dynamic", "none"});
   c.loss_scale.enabled = scaling == "dynamic" || (scaling == "auto" && c.precision == Precision::Fp16);
   c.loss_scale.init = t.get_double("loss_scale_init", c.loss_scale.init);
@@ -71,50 +72,87 @@ static TrainConfig bind_train(ConfigReader t) {
   return c;
 }
 
+static Curriculum bind_curriculum(ConfigReader& m, const MethodTraits& t, int64_t total_steps) {
+  Curriculum c;
+  c.kind = parse_curriculum(m.get_choice("schedule", Curriculum{t.curriculum}.name(), {"fixed", "ct", "ict"}));
+  c.fixed.num_scales = m.get_int("num_scales", c.fixed.num_scales);
+  c.fixed.mu = m.get_double("mu", t.mu);
+  const int64_t curriculum_steps = m.get_int("curriculum_steps", total_steps);
+  if (c.kind == CurriculumKind::Ct) {
+    c.ct.s0 = m.get_int("s0", 2);
+    c.ct.s1 = m.get_int("s1", 150);
+    c.ct.mu0 = m.get_double("mu0", 0.9);
+    c.ct.total_steps = curriculum_steps;
+  } else if (c.kind == CurriculumKind::Ict) {
+    c.ict.s0 = m.get_int("s0", 10);
+    c.ict.s1 = m.get_int("s1", 1280);
+    c.ict.total_steps = curriculum_steps;
+  }
+  return c;
+}
+
+static void check_curriculum(const Curriculum& c) {
+  if (c.kind == CurriculumKind::Fixed && c.fixed.num_scales < 2) throw ConfigError("'method.num_scales' must be >= 2");
+  if (c.kind == CurriculumKind::Ct && !(c.ct.s0 >= 1 && c.ct.s1 >= c.ct.s0 && c.ct.mu0 > 0 && c.ct.mu0 < 1))
+    throw ConfigError("'method': need 1 <= s0 <= s1 and 0 < mu0 < 1");
+  if (c.kind == CurriculumKind::Ict && !(c.ict.s0 >= 1 && c.ict.s1 >= c.ict.s0)) throw ConfigError("'method': need 1 <= s0 <= s1");
+  if (!(c.fixed.mu >= 0 && c.fixed.mu < 1)) throw ConfigError("'method.mu' must be in [0, 1)");
+}
+
+std::vector<std::string> batch_split_problems(const TrainConfig& t, int64_t world) {
+  std::vector<std::string> problems;
+  if (world < 1 || t.batch % world != 0) {
+    problems.push_back(fmt::format("train.batch = {} (global) does not divide over {} ranks: the per-rank batch would be {:.2f}; pick "
+                                   "a batch that is a multiple of {} or another world size (a batch that does not divide by the {} "
+                                   "ranks is never rounded)", t.batch, world, static_cast<double>(t.batch) / std::max<int64_t>(1, world), world, world));
+    return problems;
+  }
+  const int64_t per_rank = t.batch / world;
+  if (per_rank % t.micro_batches != 0)
+    problems.push_back(fmt::format("the per-rank batch {} does not divide into train.micro_batches = {}", per_rank, t.micro_batches));
+  return problems;
+}
+
+void check_batch_split(const TrainConfig& t, int64_t world) {
+  const auto problems = batch_split_problems(t, world);
+  if (!problems.empty()) throw ConfigError(fmt::format("{}", fmt::join(problems, "; ")));
+}
+
+// Every unset choice comes from the method's row of the table (recipes/methods.h).
 static MethodConfig bind_method(ConfigReader m, int64_t total_steps) {
   MethodConfig c;
-  c.name = m.get_choice("name", "", {"edm", "cd", "ct", "ict"});
+  c.name = m.get_choice("name", "", method_names());
+  const MethodTraits& t = method_traits(c.name);
+  c.kind = t.kind;
   c.range = bind_range(m);
-  if (c.name == "edm") {
+  if (!t.consistency) {
     c.p_mean = m.get_double("p_mean", -1.2);
     c.p_std = m.get_double("p_std", 1.2);
     m.finish();
     return c;
   }
-  c.metric = parse_metric(m.get_choice("metric", c.name == "ict" ? "pseudo_huber" : "l2", {"l2", "l1", "pseudo_huber", "lpips"}));
+  const Metric metric_default = t.metric;
+  c.metric = parse_metric(m.get_choice("metric", to_string(metric_default), {"l2", "l1", "pseudo_huber", "lpips"}));
   if (c.metric == Metric::Lpips) c.lpips_weights = m.get_string("lpips_weights", "");
-  c.schedule = m.get_choice("schedule", c.name == "cd" ? "fixed" : c.name, {"fixed", "ct", "ict"});
-  c.num_scales = m.get_int("num_scales", c.num_scales);
-  c.mu = m.get_double("mu", c.name == "cd" ? 0.95 : 0.0);
-  const int64_t curriculum_steps = m.get_int("curriculum_steps", total_steps);
-  if (c.schedule == "ct") {
-    c.ct.s0 = m.get_int("s0", 2);
-    c.ct.s1 = m.get_int("s1", 150);
-    c.ct.mu0 = m.get_double("mu0", 0.9);
-    c.ct.total_steps = curriculum_steps;
-  } else if (c.schedule == "ict") {
-    c.ict.s0 = m.get_int("s0", 10);
-    c.ict.s1 = m.get_int("s1", 1280);
-    c.ict.total_steps = curriculum_steps;
-  }
-  c.index_sampling = m.get_choice("index_sampling", c.name == "ict" ? "lognormal" : "uniform", {"uniform", "lognormal"});
-  c.weighting = m.get_choice("weighting", c.name == "ict" ? "inverse_dt" : "uniform", {"uniform", "inverse_dt"});
+  c.curriculum = bind_curriculum(m, t, total_steps);
+  c.pair_sampling = m.get_choice("index_sampling", t.pairs == PairSampling::Lognormal ? "lognormal" : "uniform", {"uniform", "lognormal"}) == "lognormal"
+                        ? PairSampling::Lognormal : PairSampling::Uniform;
+  c.weighting = m.get_choice("weighting", t.weighting == Weighting::InverseDt ? "inverse_dt" : "uniform", {"uniform", "inverse_dt"}) == "inverse_dt"
+                    ? Weighting::InverseDt : Weighting::Uniform;
   c.p_mean = m.get_double("p_mean", -1.1);
   c.p_std = m.get_double("p_std", 2.0);
   c.boundary_shift = m.get_bool("boundary_shift", true);
   c.stop_gradient = m.get_bool("stop_gradient", true);
-  if (c.name != "cd") c.init_from = m.get_string("init_from", "");
-  if (c.name == "cd") {
+  if (t.second_point == SecondPoint::TeacherOde) {
     c.solver = parse_solver(m.get_choice("solver", "heun", {"euler", "heun"}));
     c.teacher = m.require_string("teacher");
-    c.init_from_teacher = m.get_bool("init_from_teacher", c.teacher != "exact");
+    c.exact_teacher = c.teacher == "exact";
+    c.init_from_teacher = m.get_bool("init_from_teacher", !c.exact_teacher);
+  } else {
+    c.init_from = m.get_string("init_from", "");
   }
   m.finish();
-  if (c.schedule == "fixed" && c.num_scales < 2) throw ConfigError("'method.num_scales' must be >= 2");
-  if (c.schedule == "ct" && !(c.ct.s0 >= 1 && c.ct.s1 >= c.ct.s0 && c.ct.mu0 > 0 && c.ct.mu0 < 1))
-    throw ConfigError("'method': need 1 <= s0 <= s1 and 0 < mu0 < 1");
-  if (c.schedule == "ict" && !(c.ict.s0 >= 1 && c.ict.s1 >= c.ict.s0)) throw ConfigError("'method': need 1 <= s0 <= s1");
-  if (!(c.mu >= 0 && c.mu < 1)) throw ConfigError("'method.mu' must be in [0, 1)");
+  check_curriculum(c.curriculum);
   return c;
 }
 
@@ -187,6 +225,56 @@ Recipe Recipe::load(const std::string& recipe, const std::vector<std::string>& o
   return bind(cfg, std::filesystem::path(recipe).stem().string());
 }
 
+static void bind_dataset(Recipe& r, ConfigReader d) {
+  r.dataset_kind = d.get_choice("kind", "", {"toy", "hdf5"});
+  if (r.dataset_kind == "toy") {
+    r.toy_name = d.get_choice("name", "ring", toy_names());
+    d.finish();
+    return;
+  }
+  r.data_path = d.require_string("path");
+  r.random_flip = d.get_bool("random_flip", false);
+  r.class_cond = d.get_bool("class_cond", false);
+  // The rest of the table is read by make_image_source (datasets/loader.h) when build_data runs:
+  // resolution / channels / num_classes are checked against the manifest, the others tune the loader.
+  d.allow({"resolution", "channels", "num_classes", "name", "loader_threads", "prefetch", "io"});
+  d.finish();
+}
+
+static DebugConfig bind_debug(ConfigReader d) {
+  DebugConfig c;
+  c.fail_rank = d.get_int("fail_rank", -1);
+  c.fail_step = d.get_int("fail_step", -1);
+  c.hang_rank = d.get_int("hang_rank", -1);
+  c.hang_step = d.get_int("hang_step", -1);
+  c.signal_rank = d.get_int("signal_rank", -1);
+  c.signal_step = d.get_int("signal_step", -1);
+  c.nonfinite_rank = d.get_int("nonfinite_rank", -1);
+  c.nonfinite_step = d.get_int("nonfinite_step", -1);
+  c.nonfinite_steps = d.get_int("nonfinite_steps", 1);
+  c.ckpt_crash_at = d.get_string("ckpt_crash_at", "");
+  c.ckpt_fault_step = d.get_int("ckpt_fault_step", -1);
+  c.ckpt_fail_after_bytes = d.get_int("ckpt_fail_after_bytes", -1);
+  d.finish();
+  const auto& phases = commit_crash_phases();
+  if (!c.ckpt_crash_at.empty() && std::find(phases.begin(), phases.end(), c.ckpt_crash_at) == phases.end())
+    throw ConfigError(fmt::format("'debug.ckpt_crash_at' = \"{}\" is not one of: {}", c.ckpt_crash_at, fmt::join(phases, ", ")));
+  return c;
+}
+
+static CheckpointConfig bind_checkpoint(ConfigReader c) {
+  CheckpointConfig k;
+  k.every = c.get_int("every", k.every);
+  k.keep_last = c.get_int("keep_last", k.keep_last);
+  k.keep_every = c.get_int("keep_every", k.keep_every);
+  k.async = c.get_bool("async", k.async);
+  c.finish();
+  if (k.every < 0) throw ConfigError("'checkpoint.every' must be >= 0 (0 = only at the end and when preempted)");
+  if (k.keep_last < 1) throw ConfigError("'checkpoint.keep_last' must be >= 1");
+  if (k.keep_every < 0) throw ConfigError("'checkpoint.keep_every' must be >= 0 (0 = no milestones)");
+  return k;
+}
+
 Recipe Recipe::bind(const Config& cfg, const std::string& name) {
   Recipe r;
   r.config = cfg;
@@ -207,52 +295,9 @@ Recipe Recipe::bind(const Config& cfg, const std::string& name) {
     r.run.dir = run.get_string("dir", "");
     run.finish();
   }
-  {
-    ConfigReader d = root.sub("dataset");
-    r.dataset_kind = d.get_choice("kind", "", {"toy", "hdf5"});
-    if (r.dataset_kind == "toy") {
-      r.toy_name = d.get_choice("name", "ring", toy_names());
-      d.finish();
-    } else {
-      r.data_path = d.require_string("path");
-      r.random_flip = d.get_bool("random_flip", false);
-      r.class_cond = d.get_bool("class_cond", false);
-      // The rest of the table is read by make_image_source (datasets/loader.h) when build_data runs:
-      // resolution / channels / num_classes are checked against the manifest, the others tune the loader.
-      d.allow({"resolution", "channels", "num_classes", "name", "loader_threads", "prefetch", "io"});
-      d.finish();
-    }
-  }
-  {
-    ConfigReader d = root.sub("debug");
-    r.debug.fail_rank = d.get_int("fail_rank", -1);
-    r.debug.fail_step = d.get_int("fail_step", -1);
-    r.debug.hang_rank = d.get_int("hang_rank", -1);
-    r.debug.hang_step = d.get_int("hang_step", -1);
-    r.debug.signal_rank = d.get_int("signal_rank", -1);
-    r.debug.signal_step = d.get_int("signal_step", -1);
-    r.debug.nonfinite_rank = d.get_int("nonfinite_rank", -1);
-    r.debug.nonfinite_step = d.get_int("nonfinite_step", -1);
-    r.debug.nonfinite_steps = d.get_int("nonfinite_steps", 1);
-    r.debug.ckpt_crash_at = d.get_string("ckpt_crash_at", "");
-    r.debug.ckpt_fault_step = d.get_int("ckpt_fault_step", -1);
-    r.debug.ckpt_fail_after_bytes = d.get_int("ckpt_fail_after_bytes", -1);
-    d.finish();
-    const auto& phases = commit_crash_phases();
-    if (!r.debug.ckpt_crash_at.empty() && std::find(phases.begin(), phases.end(), r.debug.ckpt_crash_at) == phases.end())
-      throw ConfigError(fmt::format("'debug.ckpt_crash_at' = \"{}\" is not one of: {}", r.debug.ckpt_crash_at, fmt::join(phases, ", ")));
-  }
-  {
-    ConfigReader c = root.sub("checkpoint");
-    r.checkpoint.every = c.get_int("every", r.checkpoint.every);
-    r.checkpoint.keep_last = c.get_int("keep_last", r.checkpoint.keep_last);
-    r.checkpoint.keep_every = c.get_int("keep_every", r.checkpoint.keep_every);
-    r.checkpoint.async = c.get_bool("async", r.checkpoint.async);
-    c.finish();
-    if (r.checkpoint.every < 0) throw ConfigError("'checkpoint.every' must be >= 0 (0 = only at the end and when preempted)");
-    if (r.checkpoint.keep_last < 1) throw ConfigError("'checkpoint.keep_last' must be >= 1");
-    if (r.checkpoint.keep_every < 0) throw ConfigError("'checkpoint.keep_every' must be >= 0 (0 = no milestones)");
-  }
+  bind_dataset(r, root.sub("dataset"));
+  r.debug = bind_debug(root.sub("debug"));
+  r.checkpoint = bind_checkpoint(root.sub("checkpoint"));
   r.resume = root.get_string("resume", "auto");
   if (r.resume.empty()) throw ConfigError("'resume' must be \"auto\", \"never\" or the path of a checkpoint or run directory");
   root.sub("model");  // checked by build_network

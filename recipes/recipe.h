@@ -6,14 +6,16 @@
 #include <string>
 #include <vector>
 #include "core/config.h"
+#include "core/curriculum.h"
 #include "core/distance.h"
 #include "core/karras.h"
 #include "core/ode.h"
 #include "core/optim.h"
 #include "core/parameterization.h"
 #include "core/precision.h"
-#include "datasets/dataset.h"
+#include "core/data.h"
 #include "distributed/options.h"
+#include "recipes/methods.h"
 
 namespace cm {
 
@@ -31,6 +33,7 @@ struct TrainConfig {
   int64_t check_every = 0;      // steps between cross-rank identity checks of the weights, 0 = at the end only
   double watchdog_s = 600;      // multi-rank: abort the job when a collective waits longer than this (0 = off)
   Precision precision = Precision::Fp32;  // core/precision.h
+  TargetPrecision target_precision = TargetPrecision::Auto;  // the target pass: auto = fp32 when theta- = stopgrad(theta)
   LossScalerOptions loss_scale;           // dynamic loss scaling (on by default for fp16)
   int64_t max_nonfinite_steps = 20;       // this many skipped (non-finite) steps in a row end the run
 };
@@ -56,31 +59,37 @@ struct CheckpointConfig {
   bool async = true;       // write in a background thread from a CPU copy (false: the step waits for the disk)
 };
 
+// The [method] table, bound: the method's row of recipes/methods.h and every choice typed.
 struct MethodConfig {
-  std::string name;             // edm | cd | ct | ict
+  std::string name;             // method.name as the recipe spells it (logs, tests); code uses `kind`
+  MethodKind kind = MethodKind::Edm;
   Metric metric = Metric::L2;
   NoiseRange range;
   // consistency methods
-  std::string schedule;         // fixed (N, mu) | ct (s0, s1, mu0) | ict (s0, s1)
-  int64_t num_scales = 18;      // N for the fixed schedule
-  double mu = 0.0;              // target EMA for the fixed schedule
-  CtCurriculum ct;
-  IctCurriculum ict;
+  Curriculum curriculum;        // method.schedule: fixed (num_scales, mu) | ct (s0, s1, mu0) | ict (s0, s1)
   std::string lpips_weights;    // metric = lpips: safetensors file of VGG16 + LPIPS weights ("" = default path, see core/lpips.h)
-  std::string index_sampling = "uniform";  // uniform | lognormal (iCT)
-  std::string weighting = "uniform";       // uniform | inverse_dt (iCT)
+  PairSampling pair_sampling = PairSampling::Uniform;  // method.index_sampling: uniform | lognormal (iCT)
+  Weighting weighting = Weighting::Uniform;            // method.weighting: uniform | inverse_dt (iCT)
   double p_mean = -1.1, p_std = 2.0;       // lognormal index sampling (iCT) / sigma sampling (EDM)
   bool boundary_shift = true;              // c_skip/c_out with the eps shift (false only for ablations)
   bool stop_gradient = true;               // target without gradient (false only for ablations)
   // distillation
   Solver solver = Solver::Heun;
   std::string teacher;          // "exact" (toy mixtures) or a safetensors file of an EDM model of the same arch
+  bool exact_teacher = false;   // teacher = "exact": the data's closed-form denoiser
   bool init_from_teacher = true;
   // CT / iCT: initialise the student (and so its target) from this diffusion checkpoint of the same
   // architecture ("" = random initialisation). The reference ImageNet-64 / LSUN CT runs pass
   // --teacher_model_path, and cm_train.py copies that EDM model into the student.
   std::string init_from;
-  bool is_consistency() const { return name != "edm"; }
+
+  const MethodTraits& traits() const { return method_traits(kind); }
+  bool is_consistency() const { return traits().consistency; }
+  bool distills() const { return traits().second_point == SecondPoint::TeacherOde; }
+  // A learned teacher network (CD from an EDM checkpoint, not the toys' exact denoiser).
+  bool learned_teacher() const { return distills() && !exact_teacher; }
+  // Whether theta- is a network of its own (mu can be non-zero) or stopgrad(theta).
+  bool has_target_network() const { return is_consistency() && curriculum.needs_target_network(); }
 };
 
 struct SampleConfig {
@@ -140,6 +149,13 @@ struct Recipe {
   static Recipe load(const std::string& recipe, const std::vector<std::string>& overrides);
   static Recipe bind(const Config& cfg, const std::string& name);
 };
+
+// What is wrong with splitting train.batch (global) over `world` ranks and then into train.micro_batches:
+// one message per problem, empty when the split is exact. A batch that does not divide is an error, never
+// rounded (rounding would change the effective batch, and with it the learning rate's and EMAs' meaning).
+std::vector<std::string> batch_split_problems(const TrainConfig& t, int64_t world);
+// Throws ConfigError with the problems above, if any.
+void check_batch_split(const TrainConfig& t, int64_t world);
 
 // Network of the recipe's `model` table for the given data shape; checks model keys.
 NetworkPtr build_network(const Recipe& r, const ModelShape& shape);

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 #include "core/ode.h"                  // edm_heun_sample
 #include "core/rng.h"                  // derive_seed, cpu_generator
+#include "core/rng_streams.h"
 #include "core/sampler.h"              // consistency_sample
 #include "datasets/npz.h"              // write_npz
 #include "datasets/progress.h"         // progress line with ETA
@@ -15,8 +16,7 @@
 
 namespace cm {
 namespace {
-// Seed streams of sampling (distinct from the trainer's streams of core/rng.h's users).
-constexpr uint64_t kNoiseStream = 0x5a4d, kLabelStream = 0x5a4c;
+constexpr uint64_t kNoiseStream = rng_stream::kSampleNoise, kLabelStream = rng_stream::kSampleLabel;
 }  // namespace
 
 torch::Tensor sample_noise(uint64_t seed, int64_t index, int64_t step, const std::vector<int64_t>& dims) {

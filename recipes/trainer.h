@@ -1,26 +1,28 @@
-// The training loop: a short loop over named steps (next batch, loss and backward, gradient sync,
-// optimizer, EMAs, logs, pictures). Objectives, schedules, EMAs and data live elsewhere.
+// A training run: the engine (core/engine.h) assembled from a recipe, driven over the steps with
+// checkpoints (recipes/checkpoint.h) and the observers that `cm train` wires in (recipes/observers.h:
+// progress lines and metrics.jsonl, sample pictures, FID during training, toy quality figures, final
+// exports). The loop, per step: engine step, the non-finite guard, every observer, the checkpoint hook.
 #pragma once
 #include <chrono>
 #include <functional>
 #include <limits>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
+#include "core/data.h"
 #include "core/ema.h"
+#include "core/engine.h"
 #include "core/optim.h"
 #include "core/precision.h"
 #include "core/sampler.h"
-#include "datasets/dataset.h"
+#include "core/train_state.h"
 #include "recipes/objectives.h"
 #include "recipes/recipe.h"
 
 namespace cm {
 
 class CheckpointCoordinator;
-class FeatureNetwork;
-struct FeatureStats;
 namespace dist {
 class Communicator;
 class GradReducer;
@@ -40,16 +42,46 @@ struct TrainResult {
   int64_t steps = 0;
   double final_loss = 0;
   double images_per_sec = 0;
-  double fid = std::numeric_limits<double>::quiet_NaN();  // the last in-training FID ([eval]), NaN when off
+  double fid = std::numeric_limits<double>::quiet_NaN();        // the last in-training FID ([eval]), NaN when off
+  double fid_1step = std::numeric_limits<double>::quiet_NaN();  // its one-step companion, when measured
   std::map<std::string, double> quality;  // e.g. swd_1step, swd_2step, swd_data_floor (toys)
   std::string run_dir;
   int preempted_by = 0;  // the signal that stopped the run after a checkpoint (exit with kExitPreempted); 0 = finished
+};
+
+// What observers see of a run.
+struct RunContext {
+  const Recipe& recipe;
+  const TrainerOptions& options;
+  torch::Device device;
+  DataSource& data;
+  Objective& objective;
+  EmaSet& emas;
+  LossScaler& scaler;
+  int64_t start_step = 0;  // steps taken before this process started (resume)
+  std::chrono::steady_clock::time_point t0;
+  // Seconds spent on work that is not training (FID during training): images/s leaves them out.
+  double excluded_s = 0;
+  bool is_main() const { return options.rank == 0; }
+  dist::Communicator* comm() const;  // null in a single process
+};
+
+// Watches a run (recipes/observers.h has the standard ones). All ranks call every hook.
+class TrainObserver {
+ public:
+  virtual ~TrainObserver() = default;
+  virtual void on_start(RunContext& run) {}  // after resume, before the first step
+  // After optimizer step `done` - 1, with its outcome (also for a skipped step).
+  virtual void after_step(RunContext& run, int64_t done, const StepOutcome& out) {}
+  // After the last step (the final checkpoint is being written), in the order the observers were added.
+  virtual void on_finish(RunContext& run, TrainResult& res) {}
 };
 
 class Trainer {
  public:
   Trainer(Recipe recipe, TrainerOptions opt = {});
   ~Trainer();
+  void add_observer(std::unique_ptr<TrainObserver> o) { observers_.push_back(std::move(o)); }
   TrainResult run();
   // `cm bench step`: warmup + steps optimizer steps exactly as run() takes them (data, forward, backward,
   // all-reduce, optimizer, EMAs), without checkpoints, logs or pictures; the seconds of each timed step,
@@ -62,30 +94,20 @@ class Trainer {
   // Pieces exposed for tests and tools.
   Objective& objective() { return *objective_; }
   DataSource& data() { return *data_; }
-  SamplingEmas& emas() { return *emas_; }
+  EmaSet& emas() { return *emas_; }
   Optimizer& optimizer() { return *optimizer_; }
   const Recipe& recipe() const { return recipe_; }
   torch::Device device() const { return device_; }
   CheckpointCoordinator* checkpoints() { return checkpoints_.get(); }  // after run() has started
+  // The parts of the training state, in checkpoint order: model, emas, optimizer, data, loss_scaler.
+  const TrainState& state() const { return state_; }
 
  private:
-  void setup_run_dir(bool resumed);
-  struct StepOutcome {
-    double loss = 0;
-    bool applied = true;  // false: skipped, its loss or gradients were not finite
-  };
-  StepOutcome train_step(int64_t step);
-  void log_progress(int64_t step, const StepOutcome& out);
-  void check_nonfinite(int64_t step);
-  void write_samples(int64_t step, bool final);
-  void save_weights();
+  void build_parts();
+  void check_nonfinite(int64_t step, const StepOutcome& out);
+  TrainResult stopped(int64_t steps, int sig) const;
+  TrainResult finish(RunContext& ctx);
   bool is_main() const { return opt_.rank == 0; }
-  void check_ranks_identical(int64_t step);
-  // [eval]: the Inception network and the reference statistics (computed over all ranks and cached in
-  // run.dir when the reference is an image set), then FID of eval.count samples at `step`.
-  void setup_eval();
-  bool eval_due(int64_t step) const;  // after optimizer step `step` (0-based)
-  double evaluate_fid(int64_t step);
 
   Recipe recipe_;
   TrainerOptions opt_;
@@ -93,23 +115,16 @@ class Trainer {
   std::unique_ptr<DataSource> data_;
   std::unique_ptr<Objective> objective_;
   std::unique_ptr<Optimizer> optimizer_;
-  std::unique_ptr<SamplingEmas> emas_;
+  std::unique_ptr<EmaSet> emas_;
   std::unique_ptr<dist::GradReducer> reducer_;
   std::unique_ptr<dist::Timeline> timeline_;  // disabled unless dist.trace_dir is set
-  std::unique_ptr<CheckpointCoordinator> checkpoints_;
+  std::unique_ptr<PhaseTracer> tracer_;
   LossScaler scaler_;            // loss scale (fp16) and skipped-step counts, checkpointed
-  std::string last_nonfinite_;   // what was not finite in the last skipped step
-  DenoiserFn exact_denoiser_;
-  std::ofstream metrics_;
-  std::chrono::steady_clock::time_point t0_, t_last_;
-  int64_t start_step_ = 0, last_logged_step_ = 0;
-  double loss_accum_ = 0;
-  int64_t loss_count_ = 0;
+  std::unique_ptr<TrainEngine> engine_;
+  TrainState state_;
+  std::unique_ptr<CheckpointCoordinator> checkpoints_;
+  std::vector<std::unique_ptr<TrainObserver>> observers_;
   double last_loss_ = 0;
-  std::unique_ptr<FeatureNetwork> fid_net_;
-  std::unique_ptr<FeatureStats> fid_ref_;
-  int64_t last_eval_step_ = -1;
-  double last_fid_ = std::numeric_limits<double>::quiet_NaN(), last_fid_1step_ = std::numeric_limits<double>::quiet_NaN();
 };
 
 // Samples of a trained model (the objective's student, or weights swapped in): one-step, two-step

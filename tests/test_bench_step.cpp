@@ -6,8 +6,9 @@
 
 #include <filesystem>
 #include <fmt/format.h>
-#include <fstream>
 #include "core/json.h"
+#include "support/files.h"
+#include "support/mpi_launch.h"
 #include "support/paths.h"
 
 using namespace cm;
@@ -22,8 +23,7 @@ Json bench(const std::string& dir, const std::string& args, const std::string& l
   const std::string cmd = fmt::format("OMP_NUM_THREADS=1 {}{} bench step {} --steps 2 --warmup 1 --json {}", launcher, test::cm_binary(), args, json);
   EXPECT_EQ(test::run_command(cmd, &out), 0) << cmd << "\n" << out;
   EXPECT_NE(out.find("images/s"), std::string::npos) << out;
-  std::ifstream f(json);
-  return parse_json(std::string(std::istreambuf_iterator<char>(f), {}), json);
+  return parse_json(test::read_text(json), json);
 }
 
 }  // namespace
@@ -49,8 +49,7 @@ TEST(BenchStep, FiguresAgreeWithEachOtherAndTheWorkCount) {
   EXPECT_NEAR(bf.get("gflop_per_image")->num, gflop, 1e-9);
   // Two ranks: half the batch each, the job's rate the sum of theirs.
   Json two = bench(dir, "fmnist_ict_mlp train.batch=32 train.threads=1 --synthetic",
-                   fmt::format("OMPI_MCA_rmaps_base_oversubscribe=1 timeout 300 {} --allow-run-as-root --oversubscribe --bind-to none -np 2 ",
-                               test::mpiexec()));
+                   test::mpirun_prefix(2));
   EXPECT_EQ(two.get("ranks")->integer, 2);
   EXPECT_EQ(two.get("batch_per_rank")->integer, 16);
   EXPECT_NEAR(two.get("images_per_s_job")->num, 2 * two.get("images_per_s_rank")->num, 1e-3 * two.get("images_per_s_job")->num);

@@ -15,18 +15,16 @@
 #include "datasets/shards.h"
 #include "distributed/preemption.h"
 #include "recipes/checkpoint.h"
+#include "support/cm_run.h"
+#include "support/files.h"
+#include "support/mpi_launch.h"
 #include "support/paths.h"
+#include "support/runs.h"
 
 using namespace cm;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string mpirun(int np) {
-  return fmt::format("OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1 timeout 300 "
-                     "{} --allow-run-as-root --oversubscribe --bind-to none -np {} ",
-                     test::mpiexec(), np);
-}
 
 // Small CT runs: dropout on (so the student/target mask sharing is in play), the curriculum pinned to 40
 // steps so that train.steps may differ between the parts of a run.
@@ -34,66 +32,21 @@ const char* kToy =
     "toy_ct train.batch=64 train.log_every=10 train.threads=1 sample.eval_count=200 sample.count=200 model.width=32 "
     "model.dropout=0.1 +method.curriculum_steps=40";
 
-struct Run {
-  int rc = -1;
-  std::string out;
-};
-
-Run run_cm(const std::string& args, const std::string& launcher = "") {
-  Run r;
-  const std::string cmd = fmt::format("OMP_NUM_THREADS=1 {}{} {}", launcher, test::cm_binary(), args);
-  r.rc = test::run_command(cmd, &r.out);
-  r.out = cmd + "\n" + r.out;
-  return r;
-}
+using test::contains;
+using test::expect_same_state;
+using test::expect_same_tensors;
+using test::Run;
+using test::run_cm;
 
 Run train(const std::string& dir, const std::string& extra, const std::string& launcher = "", const char* base = kToy) {
   return run_cm(fmt::format("train {} run.dir={} {}", base, dir, extra), launcher);
 }
 
-bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
-
-// Every tensor of two safetensors files is bitwise equal (same names, shapes, dtypes, bytes).
-void expect_same_tensors(const std::string& a, const std::string& b) {
-  auto fa = load_safetensors(a), fb = load_safetensors(b);
-  ASSERT_EQ(fa.tensors.size(), fb.tensors.size()) << a << " vs " << b;
-  for (auto& [n, t] : fa.tensors) {
-    const torch::Tensor* u = fb.find(n);
-    ASSERT_TRUE(u) << n << " missing in " << b;
-    EXPECT_TRUE(t.scalar_type() == u->scalar_type() && t.sizes() == u->sizes() && torch::equal(t, *u))
-        << n << " differs between " << a << " and " << b << " (max |diff| "
-        << (t.to(torch::kFloat64) - u->to(torch::kFloat64)).abs().max().item<double>() << ")";
-  }
-}
-
-// The complete training state of two checkpoints is bitwise equal.
-void expect_same_state(const std::string& a, const std::string& b) {
-  for (const char* f : {"model.safetensors", "objective.safetensors", "ema_0.995.safetensors", "optimizer.safetensors"}) {
-    SCOPED_TRACE(f);
-    expect_same_tensors(a + "/" + f, b + "/" + f);
-  }
-}
-
-std::vector<int64_t> steps_in(const std::string& run_dir) {
-  std::vector<int64_t> s;
-  for (auto& [step, path] : list_checkpoint_dirs(run_dir + "/checkpoints")) s.push_back(step);
-  return s;
-}
-
-std::string ckpt(const std::string& run_dir, int64_t step) { return run_dir + "/checkpoints/" + checkpoint_dir_name(step); }
+// RUN/checkpoints/step_NNNNNNNN, for short.
+std::string ckpt(const std::string& run_dir, int64_t step) { return test::checkpoint_path(run_dir, step); }
 
 NamedTensors some_tensors(float v) {
   return {{"a", torch::full({3, 5}, v)}, {"b", torch::arange(100, torch::kInt64)}, {"c", torch::randn({1000})}};
-}
-
-void flip_byte(const std::string& path, int64_t offset_from_end) {
-  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(-offset_from_end, std::ios::end);
-  char c = 0;
-  f.read(&c, 1);
-  f.seekp(-offset_from_end, std::ios::end);
-  c = static_cast<char>(c ^ 0x5a);
-  f.write(&c, 1);
 }
 
 }  // namespace
@@ -137,7 +90,7 @@ TEST_F(Checkpoint, CommitVerifiesAndCorruptionIsRefused) {
 
   // Bit flip -> CRC32 mismatch; truncation -> size mismatch; no marker -> incomplete.
   const std::string c1 = commit_checkpoint(parent, 8, {PendingFile::of_tensors("w.safetensors", some_tensors(2.f))}).path;
-  flip_byte(c1 + "/w.safetensors", 10);
+  test::flip_byte(c1 + "/w.safetensors", -10, std::ios::end);
   try {
     verify_checkpoint(c1);
     ADD_FAILURE() << "a bit flip was not detected";
@@ -195,7 +148,7 @@ TEST_F(Checkpoint, ExactResumeIsBitwise) {
   const std::string full = dir_ + "/full", part = dir_ + "/part";
   auto a = train(full, "train.steps=40 checkpoint.every=20");
   ASSERT_EQ(a.rc, 0) << a.out;
-  EXPECT_EQ(steps_in(full), (std::vector<int64_t>{20, 40}));
+  EXPECT_EQ(test::checkpoint_steps(full), (std::vector<int64_t>{20, 40}));
   auto b1 = train(part, "train.steps=20 checkpoint.every=20");
   ASSERT_EQ(b1.rc, 0) << b1.out;
   auto b2 = train(part, "train.steps=40 checkpoint.every=20");  // the same command with more steps: resume=auto
@@ -262,11 +215,11 @@ TEST_F(Checkpoint, ExactResumeWithTheHdf5LoaderCursor) {
 
 TEST_F(Checkpoint, ExactResumeUnderMpirunAndOnAnotherWorldSize) {
   const std::string full = dir_ + "/full2", part = dir_ + "/part2";
-  auto a = train(full, "train.steps=40 checkpoint.every=20", mpirun(2));
+  auto a = train(full, "train.steps=40 checkpoint.every=20", test::mpirun_prefix(2));
   ASSERT_EQ(a.rc, 0) << a.out;
-  auto p1 = train(part, "train.steps=20 checkpoint.every=20", mpirun(2));
+  auto p1 = train(part, "train.steps=20 checkpoint.every=20", test::mpirun_prefix(2));
   ASSERT_EQ(p1.rc, 0) << p1.out;
-  auto p2 = train(part, "train.steps=40 checkpoint.every=20", mpirun(2));
+  auto p2 = train(part, "train.steps=40 checkpoint.every=20", test::mpirun_prefix(2));
   ASSERT_EQ(p2.rc, 0) << p2.out;
   EXPECT_TRUE(contains(p2.out, "identical on all 2 ranks")) << p2.out;
   expect_same_state(ckpt(full, 40), ckpt(part, 40));
@@ -291,7 +244,7 @@ TEST_F(Checkpoint, KilledDuringAWriteResumesFromThePreviousCheckpoint) {
     EXPECT_TRUE(contains(k.out, "killing this process with SIGKILL")) << k.out;
     const bool committed = phase == "after_rename";  // the rename is the commit
     const std::vector<int64_t> expected = committed ? std::vector<int64_t>{10, 20} : std::vector<int64_t>{10};
-    EXPECT_EQ(steps_in(d), expected) << k.out;
+    EXPECT_EQ(test::checkpoint_steps(d), expected) << k.out;
     std::vector<std::string> skipped;
     auto newest = newest_valid_checkpoint(d + "/checkpoints", &skipped);
     ASSERT_TRUE(newest.has_value());
@@ -318,8 +271,8 @@ TEST_F(Checkpoint, CorruptNewestIsSkippedWithAMessage) {
   const std::string ref = dir_ + "/ref", d = dir_ + "/d";
   ASSERT_EQ(train(ref, "train.steps=40 checkpoint.every=10").rc, 0);
   ASSERT_EQ(train(d, "train.steps=30 checkpoint.every=10").rc, 0);
-  EXPECT_EQ(steps_in(d), (std::vector<int64_t>{10, 20, 30}));
-  flip_byte(ckpt(d, 30) + "/optimizer.safetensors", 123);
+  EXPECT_EQ(test::checkpoint_steps(d), (std::vector<int64_t>{10, 20, 30}));
+  test::flip_byte(ckpt(d, 30) + "/optimizer.safetensors", -123, std::ios::end);
   fs::resize_file(ckpt(d, 20) + "/model.safetensors", 1000);  // and the one before is truncated
   auto r = train(d, "train.steps=40 checkpoint.every=10");
   ASSERT_EQ(r.rc, 0) << r.out;
@@ -345,7 +298,7 @@ TEST_F(Checkpoint, Sigusr1WritesACheckpointExitsWith75AndResumes) {
   const std::string log = read_file(dir_ + "/log");
   EXPECT_TRUE(contains(out, fmt::format("rc={}", kExitPreempted))) << out << log;
   EXPECT_TRUE(contains(log, "on SIGUSR1")) << log;
-  auto steps = steps_in(d);
+  auto steps = test::checkpoint_steps(d);
   ASSERT_EQ(steps.size(), 1u) << log;
   const int64_t p = steps[0];
   EXPECT_GE(p, 10);
@@ -364,13 +317,13 @@ TEST_F(Checkpoint, Sigusr1WritesACheckpointExitsWith75AndResumes) {
 TEST_F(Checkpoint, PreemptionIsAgreedByAllRanksUnderMpirun) {
   // Only rank 1 gets the signal (after step 15): both ranks stop after the same step, rank 0 writes.
   const std::string d = dir_ + "/mpi", ref = dir_ + "/ref";
-  auto s = train(d, "train.steps=30 checkpoint.every=0 +debug.signal_rank=1 +debug.signal_step=15", mpirun(2));
+  auto s = train(d, "train.steps=30 checkpoint.every=0 +debug.signal_rank=1 +debug.signal_step=15", test::mpirun_prefix(2));
   EXPECT_EQ(s.rc, kExitPreempted) << s.out;
   EXPECT_TRUE(contains(s.out, "stopping after step 15 on a stop signal received by another rank")) << s.out;
-  EXPECT_EQ(steps_in(d), std::vector<int64_t>{15});
-  auto r = train(d, "train.steps=30 checkpoint.every=0", mpirun(2));
+  EXPECT_EQ(test::checkpoint_steps(d), std::vector<int64_t>{15});
+  auto r = train(d, "train.steps=30 checkpoint.every=0", test::mpirun_prefix(2));
   ASSERT_EQ(r.rc, 0) << r.out;
-  ASSERT_EQ(train(ref, "train.steps=30 checkpoint.every=0", mpirun(2)).rc, 0);
+  ASSERT_EQ(train(ref, "train.steps=30 checkpoint.every=0", test::mpirun_prefix(2)).rc, 0);
   expect_same_state(ckpt(ref, 30), ckpt(d, 30));
 }
 
@@ -380,7 +333,7 @@ TEST_F(Checkpoint, DiskFullStopsTheRunAndKeepsThePreviousCheckpoints) {
   EXPECT_EQ(r.rc, 1) << r.out;
   EXPECT_TRUE(contains(r.out, "checkpoint step_00000020 could not be written, so training stops")) << r.out;
   EXPECT_TRUE(contains(r.out, "No space left on device")) << r.out;
-  EXPECT_EQ(steps_in(d), std::vector<int64_t>{10});
+  EXPECT_EQ(test::checkpoint_steps(d), std::vector<int64_t>{10});
   EXPECT_NO_THROW(verify_checkpoint(ckpt(d, 10)));
   for (auto& e : fs::directory_iterator(d + "/checkpoints")) EXPECT_EQ(e.path().filename().string(), "step_00000010");
 }
@@ -414,7 +367,7 @@ TEST_F(Checkpoint, RetentionKeepsTheLastKAndMilestones) {
   const std::string d = dir_ + "/keep";
   auto r = train(d, "train.steps=40 checkpoint.every=5 checkpoint.keep_last=2 checkpoint.keep_every=15");
   ASSERT_EQ(r.rc, 0) << r.out;
-  EXPECT_EQ(steps_in(d), (std::vector<int64_t>{15, 30, 35, 40}));
+  EXPECT_EQ(test::checkpoint_steps(d), (std::vector<int64_t>{15, 30, 35, 40}));
 }
 
 TEST_F(Checkpoint, ResumeChecksTheConfig) {

@@ -12,7 +12,7 @@
 
 namespace fs = std::filesystem;
 using namespace cm::data;
-using cm::test::read_bytes;
+using cm::read_file;
 
 namespace {
 
@@ -102,7 +102,7 @@ struct Case {
 
 std::vector<Case> load_cases(const std::string& dir) {
   std::vector<Case> v;
-  std::istringstream in(read_bytes(dir + "/cases.txt"));
+  std::istringstream in(read_file(dir + "/cases.txt"));
   std::string line;
   while (std::getline(in, line)) {
     std::istringstream l(line);
@@ -115,7 +115,7 @@ std::vector<Case> load_cases(const std::string& dir) {
 }
 
 Image decode_file(const std::string& path, int64_t channels) {
-  std::string b = read_bytes(path);
+  std::string b = read_file(path);
   return decode_image(reinterpret_cast<const uint8_t*>(b.data()), b.size(), channels, path);
 }
 
@@ -200,7 +200,7 @@ Image.fromarray(np.full((40, 50, 3), 128, np.uint8)).save("ok.png")
 Image.fromarray(np.full((40, 50, 3), 128, np.uint8)).save("ok.webp")
 )PY");
   for (const char* f : {"ok.jpg", "ok.png", "ok.webp"}) {
-    std::string b = read_bytes(dir + "/" + f);
+    std::string b = read_file(dir + "/" + f);
     b.resize(b.size() / 2);
     try {
       decode_image(reinterpret_cast<const uint8_t*>(b.data()), b.size(), 3, std::string("record 17 of ") + f);
@@ -257,7 +257,7 @@ std::string read_all(ByteStream& s) {
 TEST(Archives, GzipTarZipNpyReadAsPythonWroteThem) {
   const std::string dir = cm::test::make_temp_dir("cm-archives");
   cm::test::run_python(dir, kArchivesScript);
-  const std::string a = read_bytes(dir + "/a.bin"), b = read_bytes(dir + "/b.bin");
+  const std::string a = read_file(dir + "/a.bin"), b = read_file(dir + "/b.bin");
   auto gz = open_maybe_gzip(dir + "/a.gz");
   EXPECT_EQ(read_all(*gz), a);
   auto two = open_maybe_gzip(dir + "/ab_members.gz");
@@ -285,7 +285,7 @@ TEST(Archives, GzipTarZipNpyReadAsPythonWroteThem) {
   again->read_exact(got.data(), got.size(), "test");
   EXPECT_EQ(got, b);
 
-  const std::string data = read_bytes(dir + "/data.raw");
+  const std::string data = read_file(dir + "/data.raw");
   for (const char* npz : {"stored.npz", "deflated.npz"}) {
     ZipArchive zip(dir + "/" + npz);
     ASSERT_NE(zip.find("data.npy"), nullptr) << npz;

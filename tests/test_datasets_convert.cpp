@@ -128,12 +128,12 @@ TEST_F(Convert, Cifar10CorruptInputNamesFileAndRecord) {
   cm::test::run_python(dir_, kCifarScript);
   const std::string b3 = path("cifar-10-batches-bin/data_batch_3.bin");
   const std::string b2 = path("cifar-10-batches-bin/data_batch_2.bin");
-  std::string bytes = cm::test::read_bytes(b2);
+  std::string bytes = cm::read_file(b2);
   bytes[3 * 3073] = char(200);  // label byte of record 3
-  cm::test::write_text(b2, bytes);
+  cm::test::write_file(b2, bytes);
   expect_failure(options("cifar10", "cifar-10-batches-bin", "bad_label", 2), {"data_batch_2.bin", "record 3", "200"});
 
-  cm::test::write_text(b2, bytes.replace(3 * 3073, 1, 1, char(4)));
+  cm::test::write_file(b2, bytes.replace(3 * 3073, 1, 1, char(4)));
   fs::resize_file(b3, fs::file_size(b3) - 100);
   expect_failure(options("cifar10", "cifar-10-batches-bin", "short", 2), {"data_batch_3.bin", "truncated"});
 
@@ -430,9 +430,9 @@ TEST_F(Convert, VerifyFindsDamagedShards) {
   // Flip one pixel byte inside shard 1 (the image bytes start at the direct offset).
   const std::string victim = path("d/cifar10-train-00001-of-00003.h5");
   const int64_t off = *ShardReader(victim).direct_offset() + 5 * 3072 + 100;
-  std::string bytes = cm::test::read_bytes(victim);
+  std::string bytes = cm::read_file(victim);
   bytes[size_t(off)] = char(bytes[size_t(off)] ^ 0x40);
-  cm::test::write_text(victim, bytes);
+  cm::test::write_file(victim, bytes);
   out = cm_data("verify " + path("d"), &rc);
   EXPECT_EQ(rc, 1) << out;
   EXPECT_NE(out.find("cifar10-train-00001-of-00003.h5"), std::string::npos) << out;
@@ -476,7 +476,7 @@ TEST_F(Convert, ShowWritesAGridAndOverwriteIsGuarded) {
   ASSERT_EQ(rc, 0) << out;
   out = cm_data(fmt::format("show {} --out {} --count 12 --cols 4", path("s"), path("grid.png")), &rc);
   ASSERT_EQ(rc, 0) << out;
-  std::string png = cm::test::read_bytes(path("grid.png"));
+  std::string png = cm::read_file(path("grid.png"));
   Image grid = decode_image(reinterpret_cast<const uint8_t*>(png.data()), png.size(), 3, "grid.png");
   // 4 x 3 cells of 64 x (64 + caption) pixels (32x32 images enlarged twice) with 2-pixel gaps.
   EXPECT_EQ(grid.width, 4 * (64 + 2) + 2);

@@ -9,7 +9,6 @@
 #include <torch/torch.h>
 #include "core/compat.h"
 #include "core/config.h"
-#include "distributed/batch.h"
 #include "distributed/check.h"
 #include "distributed/communicator.h"
 #include "distributed/consistency.h"
@@ -18,10 +17,15 @@
 #include "distributed/synthetic.h"
 #include "distributed/timeline.h"
 #include "distributed/world.h"
+#include "support/batch.h"
+#include "support/errors.h"
 #include "support/paths.h"
 
 namespace cm::dist {
 namespace {
+
+using test::micro_batch;
+using test::per_rank_batch;
 
 // MPI starts once per process and stops after the last test.
 class MpiEnvironment : public ::testing::Environment {
@@ -37,15 +41,7 @@ const World& world() {
   return World::init(o);
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "<no exception>";
-}
+using test::error_of;
 
 TEST(DistBatch, GlobalBatchSplitsAcrossRanks) {
   EXPECT_EQ(per_rank_batch(512, 4), 128);

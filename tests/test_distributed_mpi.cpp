@@ -16,7 +16,6 @@
 #include <thread>
 #include <fmt/format.h>
 #include <torch/torch.h>
-#include "distributed/batch.h"
 #include "distributed/check.h"
 #include "distributed/communicator.h"
 #include "distributed/consistency.h"
@@ -25,11 +24,16 @@
 #include "distributed/synthetic.h"
 #include "distributed/timeline.h"
 #include "distributed/world.h"
+#include "support/batch.h"
+#include "support/files.h"
 #include "support/mpi_launch.h"
 #include "support/paths.h"
 
 namespace cm::dist {
 namespace {
+
+using test::micro_batch;
+using test::per_rank_batch;
 
 // ------------------------------------------------------------------------------------------------------------
 // The worker: runs inside each rank.
@@ -39,11 +43,7 @@ std::string env_or(const char* key, const std::string& def) {
   return v ? std::string(v) : def;
 }
 
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream f(path);
-  f << text;
-  if (!f) throw std::runtime_error("cannot write " + path);
-}
+using test::write_file;
 
 void expect(bool ok, const std::string& what) {
   if (!ok) throw std::runtime_error("check failed: " + what);
@@ -314,12 +314,7 @@ TEST(DistWorker, Run) {
 // ------------------------------------------------------------------------------------------------------------
 // The tests: launch the worker, compare what it wrote.
 
-std::string read_text(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using test::read_text;
 
 std::vector<torch::Tensor> load_tensors(const std::string& path) {
   std::vector<torch::Tensor> v;

@@ -9,20 +9,16 @@
 #include <fstream>
 #include <iterator>
 #include "core/safetensors.h"
+#include "support/files.h"
+#include "support/mpi_launch.h"
 #include "support/paths.h"
+#include "support/runs.h"
 
 using namespace cm;
 
 namespace {
 
-std::string mpirun(int np) {
-  // As root OpenMPI needs --allow-run-as-root; -np 3 on 2 cores needs --oversubscribe. The vader BTL's
-  // single-copy mechanism needs ptrace rights that containers often lack, so it is turned off. One OpenMP
-  // thread per rank: the ranks share 2 cores.
-  return fmt::format("OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1 "
-                     "timeout 300 {} --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS -np {} ",
-                     test::mpiexec(), np);
-}
+using test::mpirun_prefix;
 
 std::string train(const std::string& launcher, const std::string& recipe, const std::string& dir, const std::string& extra) {
   std::string out;
@@ -32,21 +28,6 @@ std::string train(const std::string& launcher, const std::string& recipe, const 
   int rc = test::run_command(cmd, &out);
   EXPECT_EQ(rc, 0) << cmd << "\n" << out;
   return out;
-}
-
-double max_diff(const std::string& a, const std::string& b) {
-  auto fa = load_safetensors(a), fb = load_safetensors(b);
-  EXPECT_EQ(fa.tensors.size(), fb.tensors.size());
-  double m = 0;
-  for (auto& [n, t] : fa.tensors) {
-    const torch::Tensor* u = fb.find(n);
-    if (!u) {
-      ADD_FAILURE() << n << " missing in " << b;
-      continue;
-    }
-    m = std::max(m, (t - *u).abs().max().item<double>());
-  }
-  return m;
 }
 
 }  // namespace
@@ -65,30 +46,24 @@ TEST_F(Distributed, RanksMatchOneRankWithTheSameGlobalBatch) {
     for (int np : {2, 3}) {
       for (const char* micro : {"train.micro_batches=1", "train.micro_batches=2"}) {
         const std::string d = fmt::format("{}/{}_w{}_{}", dir_, recipe, np, micro[20]);
-        auto out = train(mpirun(np), recipe, d, micro);
+        auto out = train(mpirun_prefix(np), recipe, d, micro);
         EXPECT_NE(out.find(fmt::format("identical on all {} ranks", np)), std::string::npos) << out;
         // float32 summation order differs (per-rank means averaged vs one mean): tight, not bitwise.
-        EXPECT_LT(max_diff(one + "/model.safetensors", d + "/model.safetensors"), 2e-5) << recipe << " np " << np << " " << micro;
-        EXPECT_LT(max_diff(one + "/ema_0.995.safetensors", d + "/ema_0.995.safetensors"), 2e-5) << recipe << " np " << np;
+        EXPECT_LT(test::max_tensor_diff(one + "/model.safetensors", d + "/model.safetensors"), 2e-5) << recipe << " np " << np << " " << micro;
+        EXPECT_LT(test::max_tensor_diff(one + "/ema_0.995.safetensors", d + "/ema_0.995.safetensors"), 2e-5) << recipe << " np " << np;
       }
     }
   }
 }
 
 // Occurrences of `needle` in the file at `path` (0 when it does not exist).
-int count_in_file(const std::string& path, const std::string& needle) {
-  std::ifstream f(path);
-  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  int n = 0;
-  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
-  return n;
-}
+int count_in_file(const std::string& path, const std::string& needle) { return test::count_of(test::read_text(path), needle); }
 
 TEST_F(Distributed, AccumulationCommunicatesOnlyOnTheLastMicroBatch) {
   // The per-rank timelines (dist.trace_dir) record every backward and every bucket all-reduce: with 2
   // micro-batches per step, 40 steps make 80 backwards but only 40 all-reduces of the (single) bucket.
   const std::string d = dir_ + "/traced";
-  train(mpirun(2), "toy_ct", d, fmt::format("train.micro_batches=2 dist.trace_dir={}/trace", d));
+  train(mpirun_prefix(2), "toy_ct", d, fmt::format("train.micro_batches=2 dist.trace_dir={}/trace", d));
   for (int rank : {0, 1}) {
     const std::string trace = fmt::format("{}/trace/trace-rank{}.json", d, rank);
     EXPECT_EQ(count_in_file(trace, "\"name\": \"backward\""), 80) << trace;
@@ -102,7 +77,7 @@ TEST_F(Distributed, FailingRankAbortsTheJobNamingIt) {
   const auto t0 = std::chrono::steady_clock::now();
   const std::string marker = dir_ + "/fail";
   int rc = test::run_command(fmt::format("{}{} train toy_ct train.steps=200 train.batch=64 run.dir={} +debug.fail_rank=1 +debug.fail_step=5",
-                                         mpirun(2), test::cm_binary(), marker),
+                                         mpirun_prefix(2), test::cm_binary(), marker),
                              &out);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_NE(rc, 0) << out;
@@ -122,7 +97,7 @@ TEST_F(Distributed, WatchdogEndsAJobWithAHungRank) {
   const std::string marker = dir_ + "/hang";
   int rc = test::run_command(fmt::format("{}{} train toy_ct train.steps=200 train.batch=64 train.watchdog_s=4 run.dir={} "
                                          "+debug.hang_rank=1 +debug.hang_step=3",
-                                         mpirun(2), test::cm_binary(), marker),
+                                         mpirun_prefix(2), test::cm_binary(), marker),
                              &out);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_NE(rc, 0) << out;
@@ -139,7 +114,7 @@ TEST_F(Distributed, WatchdogEndsAJobWithAHungRank) {
 
 TEST_F(Distributed, IndivisibleBatchIsAClearError) {
   std::string out;
-  int rc = test::run_command(fmt::format("{}{} train toy_ct train.batch=65 run.dir={}/x", mpirun(2), test::cm_binary(), dir_), &out);
+  int rc = test::run_command(fmt::format("{}{} train toy_ct train.batch=65 run.dir={}/x", mpirun_prefix(2), test::cm_binary(), dir_), &out);
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("train.batch = 65 (global) does not divide over 2 ranks"), std::string::npos) << out;
 }

@@ -20,6 +20,7 @@
 #include "datasets/image_sets.h"
 #include "datasets/npz.h"
 #include "datasets/shards.h"
+#include "support/mpi_launch.h"
 #include "support/paths.h"
 #include "support/standin_inception.h"
 
@@ -200,12 +201,6 @@ TEST_F(EvalCmd, SelfAndFarAwaySetsAcrossInputKinds) {
   EXPECT_NE(e.out.find("ref-stats DATASET --features"), std::string::npos) << e.out;
 }
 
-std::string mpirun(int np) {
-  return fmt::format("OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1 "
-                     "timeout 300 {} --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS -np {} ",
-                     test::mpiexec(), np);
-}
-
 // Under mpirun the sets are split over the ranks (each rank reads its own contiguous part: an .npz skips by
 // reading, a folder by index, a dataset through its shards) and the features gathered: FID, IS and
 // precision/recall agree with one process's for 2 and 3 ranks, and so do `cm eval ref-stats` statistics.
@@ -225,7 +220,7 @@ TEST_F(EvalCmd, ShardedOverRanksAgreesWithOneProcess) {
   EXPECT_NE(one.out.find("sha256 " + sum.substr(0, 64)), std::string::npos) << one.out;
   for (int np : {2, 3}) {
     for (const std::string samples : {dir_ + "/s.npz", dir_ + "/s_png"}) {
-      auto e = eval(fmt::format(fmt::runtime(args), samples), "", mpirun(np));
+      auto e = eval(fmt::format(fmt::runtime(args), samples), "", test::mpirun_prefix(np));
       ASSERT_EQ(e.rc, 0) << e.out;
       for (const char* k : {"fid", "is_mean", "is_std", "precision", "recall"})
         EXPECT_NEAR(num(e, k), num(one, k), 1e-9 * std::max(1.0, std::abs(num(one, k)))) << k << " with " << np << " ranks, " << samples;
@@ -237,7 +232,7 @@ TEST_F(EvalCmd, ShardedOverRanksAgreesWithOneProcess) {
   std::string out;
   const std::string rs = fmt::format("{} eval ref-stats {}/ref --inception {} --batch 4 --quiet", test::cm_binary(), dir_, net_);
   ASSERT_EQ(test::run_command(rs + " --out " + dir_ + "/one.npz 2>&1", &out), 0) << out;
-  ASSERT_EQ(test::run_command(mpirun(3) + rs + " --out " + dir_ + "/three.npz 2>&1", &out), 0) << out;
+  ASSERT_EQ(test::run_command(test::mpirun_prefix(3) + rs + " --out " + dir_ + "/three.npz 2>&1", &out), 0) << out;
   for (const char* k : {"mu", "sigma"}) {
     auto a = data::read_npz_tensor(dir_ + "/one.npz", k), b = data::read_npz_tensor(dir_ + "/three.npz", k);
     EXPECT_LT((a - b).abs().max().item<double>(), 1e-10) << k;

@@ -177,7 +177,9 @@ TEST(Fidelity, CtStudentStartsFromTheCheckpoint) {
   auto got = state_dict(*obj->student());
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(got[i].second.equal(want[i].second)) << got[i].first;
-  for (auto& [n, t] : obj->state()) {
+  ASSERT_TRUE(obj->target() != nullptr);
+  for (auto& [tn, t] : state_dict(*obj->target())) {
+    const std::string n = "target." + tn;
     bool found = false;
     for (auto& [wn, wt] : want)
       if ("target." + wn == n) {

@@ -20,6 +20,7 @@
 #include "datasets/archive.h"
 #include "datasets/image_sets.h"
 #include "datasets/shards.h"
+#include "support/files.h"
 #include "support/paths.h"
 #include "support/standin_inception.h"
 
@@ -29,12 +30,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
-
-void write(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
+using test::contains;
+using test::write_file;
 
 // The call throws std::runtime_error whose message contains every one of `parts`.
 void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
@@ -198,7 +195,7 @@ TEST_F(HostileFiles, JsonEscapesAndNumbersGiveParserMessages) {
 
 TEST_F(HostileFiles, DeeplyNestedSafetensorsHeader) {
   const std::string f = path("deep.safetensors");
-  write(f, safetensors_with_header(nested_json(20000)));  // a 40 KB header
+  write_file(f, safetensors_with_header(nested_json(20000)));  // a 40 KB header
   expect_error([&] { load_safetensors(f); }, {f, "nesting"});
   expect_clean_failure(run_cm(fmt::format("model check toy_ct {}", f)), f);
   expect_clean_failure(run_cm(fmt::format("sample toy_ct --weights {} --count 4 --out {} --quiet", f, path("out"))), f);
@@ -206,20 +203,20 @@ TEST_F(HostileFiles, DeeplyNestedSafetensorsHeader) {
 
 TEST_F(HostileFiles, SafetensorsShapeOverflowAndBadFields) {
   const std::string f = path("overflow.safetensors");
-  write(f, safetensors_with_header(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})"));
+  write_file(f, safetensors_with_header(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})"));
   expect_error([&] { load_safetensors(f); }, {f, "'w'", "shape"});
   expect_clean_failure(run_cm(fmt::format("model check toy_ct {}", f)), f);
   const std::string g = path("wrap.safetensors");  // numel * 4 wraps to 0 in 64 bits
-  write(g, safetensors_with_header(R"({"w":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}})"));
+  write_file(g, safetensors_with_header(R"({"w":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}})"));
   expect_error([&] { load_safetensors(g); }, {g, "'w'", "shape"});
   const std::string h = path("neg.safetensors");
-  write(h, safetensors_with_header(R"({"w":{"dtype":"F32","shape":[-1,-4],"data_offsets":[0,16]}})", std::string(16, '\0')));
+  write_file(h, safetensors_with_header(R"({"w":{"dtype":"F32","shape":[-1,-4],"data_offsets":[0,16]}})", std::string(16, '\0')));
   expect_error([&] { load_safetensors(h); }, {h, "'w'", "negative"});
   const std::string k = path("kind.safetensors");
-  write(k, safetensors_with_header(R"({"w":{"dtype":"F32","shape":"2","data_offsets":[0,8]}})", std::string(8, '\0')));
+  write_file(k, safetensors_with_header(R"({"w":{"dtype":"F32","shape":"2","data_offsets":[0,8]}})", std::string(8, '\0')));
   expect_error([&] { load_safetensors(k); }, {k, "'w'", "shape"});
   const std::string m = path("offs.safetensors");
-  write(m, safetensors_with_header(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,1.5]}})", std::string(8, '\0')));
+  write_file(m, safetensors_with_header(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,1.5]}})", std::string(8, '\0')));
   expect_error([&] { load_safetensors(m); }, {m, "'w'", "data_offsets"});
 }
 
@@ -230,21 +227,21 @@ const std::string kProto = std::string("\x80\x02", 2);
 
 TEST_F(HostileFiles, PtListContainingItself) {
   const std::string f = path("self_list.pt");
-  write(f, pt_of(kProto + "]q\x00h\x00" "a."s));  // l = []; l.append(l)
+  write_file(f, pt_of(kProto + "]q\x00h\x00" "a."s));  // l = []; l.append(l)
   expect_error([&] { import_torch_file(f); }, {f, "contains itself"});
   expect_clean_failure(run_cm(fmt::format("model check toy_ct {}", f)), f);
 }
 
 TEST_F(HostileFiles, PtDictContainingItself) {
   const std::string f = path("self_dict.pt");
-  write(f, pt_of(kProto + "}q\x00K\x01h\x00s."s));  // d = {}; d[1] = d
+  write_file(f, pt_of(kProto + "}q\x00K\x01h\x00s."s));  // d = {}; d[1] = d
   expect_error([&] { import_torch_file(f); }, {f, "contains itself"});
 }
 
 TEST_F(HostileFiles, PtListsNested200000Deep) {
   const std::string f = path("deep_list.pt");
   const int n = 200000;
-  write(f, pt_of(kProto + std::string(n, ']') + std::string(n - 1, 'a') + "."));
+  write_file(f, pt_of(kProto + std::string(n, ']') + std::string(n - 1, 'a') + "."));
   expect_error([&] { import_torch_file(f); }, {f, "nested more than"});
   expect_clean_failure(run_cm(fmt::format("sample toy_ct --weights {} --count 4 --out {} --quiet", f, path("out"))), f);
 }
@@ -252,31 +249,31 @@ TEST_F(HostileFiles, PtListsNested200000Deep) {
 TEST_F(HostileFiles, PtCyclicRebuildFromType) {
   // args = [fn, None, args, None]; fn(*args) with fn = torch._tensor._rebuild_from_type_v2 calls fn(*args[2]) ...
   const std::string f = path("cyclic_rebuild.pt");
-  write(f, pt_of(kProto + "ctorch._tensor\n_rebuild_from_type_v2\nq\x00]q\x01(h\x00Nh\x01N" "eR."s));
+  write_file(f, pt_of(kProto + "ctorch._tensor\n_rebuild_from_type_v2\nq\x00]q\x01(h\x00Nh\x01N" "eR."s));
   expect_error([&] { import_torch_file(f); }, {f, "_rebuild_from_type_v2"});
   expect_clean_failure(run_cm(fmt::format("model check toy_ct {}", f)), f);
 }
 
 TEST_F(HostileFiles, PtTextOperandsAndStorageSizes) {
   const std::string f = path("int.pt");
-  write(f, pt_of(kProto + "Iabc\n."));
+  write_file(f, pt_of(kProto + "Iabc\n."));
   expect_error([&] { import_torch_file(f); }, {f, "INT operand 'abc'"});
   const std::string g = path("get.pt");
-  write(g, pt_of(kProto + "N" "g99999999999999999999999\n."));
+  write_file(g, pt_of(kProto + "N" "g99999999999999999999999\n."));
   expect_error([&] { import_torch_file(g); }, {g, "GET"});
   const std::string h = path("float.pt");
-  write(h, pt_of(kProto + "F1.5x\n."));
+  write_file(h, pt_of(kProto + "F1.5x\n."));
   expect_error([&] { import_torch_file(h); }, {h, "FLOAT"});
   // A storage whose element count times 4 bytes wraps to 0, and a view whose strides overflow.
   const std::string storage_pid = "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00" "cpu"s;
   const std::string s = path("storage.pt");
-  write(s, pt_of(kProto + storage_pid + "\x8a\x08" + le64(uint64_t(1) << 62) + "tQ.", {{"0", ""}}));
+  write_file(s, pt_of(kProto + storage_pid + "\x8a\x08" + le64(uint64_t(1) << 62) + "tQ.", {{"0", ""}}));
   expect_error([&] { import_torch_file(s); }, {s, "storage '0'"});
   const std::string v = path("view.pt");
   const std::string rebuild = "ctorch._utils\n_rebuild_tensor_v2\n(" + storage_pid + "K\x04tQK\x00"s +
                               "(\x8a\x08" + le64(uint64_t(1) << 40) + "\x8a\x08" + le64(uint64_t(1) << 40) + "t" +
                               "(\x8a\x08" + le64(uint64_t(1) << 40) + "K\x01t" + "\x89}tR.";
-  write(v, pt_of(kProto + rebuild, {{"0", std::string(16, '\0')}}));
+  write_file(v, pt_of(kProto + rebuild, {{"0", std::string(16, '\0')}}));
   expect_error([&] { import_torch_file(v); }, {v, "overflows"});
   expect_clean_failure(run_cm(fmt::format("model check toy_ct {}", v)), v);
 }
@@ -286,16 +283,16 @@ TEST_F(HostileFiles, PtTextOperandsAndStorageSizes) {
 TEST_F(HostileFiles, LongNpyHeaderAndNegativeDimension) {
   const std::string f = path("long_header.npz");
   // 249 KB header: the regex over it overflowed the stack.
-  write(f, zip_of({{"arr_0.npy", npy_of("{'descr': '" + std::string(249000, 'u') + "', 'fortran_order': False, 'shape': (1, 2, 2, 3), }")}}));
+  write_file(f, zip_of({{"arr_0.npy", npy_of("{'descr': '" + std::string(249000, 'u') + "', 'fortran_order': False, 'shape': (1, 2, 2, 3), }")}}));
   expect_error([&] { data::open_image_set(f); }, {f, "descr"});
   const std::string net = test::save_standin_inception(path("inception.pt"), false);
   expect_clean_failure(run_cm(fmt::format("eval {} --inception {} --metrics is --quiet", f, net)), f);
   const std::string g = path("negative.npz");
-  write(g, zip_of({{"arr_0.npy", npy_of("{'descr': '|u1', 'fortran_order': False, 'shape': (-1, 2, 2, 3), }")}}));
+  write_file(g, zip_of({{"arr_0.npy", npy_of("{'descr': '|u1', 'fortran_order': False, 'shape': (-1, 2, 2, 3), }")}}));
   expect_error([&] { data::open_image_set(g); }, {g, "negative dimension"});
   expect_clean_failure(run_cm(fmt::format("eval {} --inception {} --metrics is --quiet", g, net)), "negative dimension");
   const std::string h = path("toobig.npz");  // the shape needs more bytes than the member holds
-  write(h, zip_of({{"arr_0.npy", npy_of("{'descr': '|u1', 'fortran_order': False, 'shape': (1000000000, 64, 64, 3), }")}}));
+  write_file(h, zip_of({{"arr_0.npy", npy_of("{'descr': '|u1', 'fortran_order': False, 'shape': (1000000000, 64, 64, 3), }")}}));
   expect_error([&] { data::open_image_set(h); }, {h, "bytes"});
 }
 
@@ -306,7 +303,7 @@ TEST_F(HostileFiles, TarGzWithHugePaxPath) {
   size_t len = rec.size() + 6;  // the length field counts itself: 6 digits
   rec = std::to_string(len) + rec;
   ASSERT_EQ(rec.size(), len);
-  write(src, gzip(tar_entry("././@PaxHeader", rec, 'x') + tar_entry("x.bin", "abc") + std::string(1024, '\0')));
+  write_file(src, gzip(tar_entry("././@PaxHeader", rec, 'x') + tar_entry("x.bin", "abc") + std::string(1024, '\0')));
   EXPECT_LT(fs::file_size(src), 2000u);
   auto s = data::open_maybe_gzip(src);
   auto entries = data::list_tar(*s);
@@ -314,7 +311,7 @@ TEST_F(HostileFiles, TarGzWithHugePaxPath) {
   EXPECT_EQ(entries[0].name, value);
   // A record whose length field lies.
   const std::string bad = path("badpax.tar");
-  write(bad, tar_entry("././@PaxHeader", "999 path=x\n", 'x') + tar_entry("x.bin", "abc"));
+  write_file(bad, tar_entry("././@PaxHeader", "999 path=x\n", 'x') + tar_entry("x.bin", "abc"));
   expect_error([&] {
     auto b = data::open_file(bad);
     data::list_tar(*b);
@@ -327,7 +324,7 @@ TEST_F(HostileFiles, TarGzWithHugePaxPath) {
 TEST_F(HostileFiles, DamagedManifest) {
   const std::string d = path("data");
   fs::create_directories(d);
-  write(d + "/manifest.json", "{\"format\": " + nested_json(20000) + "}");
+  write_file(d + "/manifest.json", "{\"format\": " + nested_json(20000) + "}");
   expect_error([&] { data::read_manifest(d); }, {"manifest.json", "nesting"});
   expect_clean_failure(run_cm(fmt::format("data verify {}", d)), "manifest.json");
 }
@@ -343,7 +340,7 @@ TEST_F(HostileFiles, DamagedCommitMarkerAndMetricsLine) {
   ASSERT_EQ(first.code(), 0) << first.out;
   const std::string c10 = run + "/checkpoints/step_00000010", c20 = run + "/checkpoints/step_00000020";
   ASSERT_TRUE(fs::exists(c10 + "/COMMIT") && fs::exists(c20 + "/COMMIT")) << first.out;
-  write(c20 + "/COMMIT", nested_json(20000));
+  write_file(c20 + "/COMMIT", nested_json(20000));
   {
     std::ofstream m(run + "/metrics.jsonl", std::ios::app);
     m << "{\"step\": " << nested_json(20000) << "}\n";

@@ -23,7 +23,10 @@
 #include "datasets/ref_stats.h"
 #include "distributed/preemption.h"
 #include "recipes/recipe.h"
+#include "support/cm_run.h"
+#include "support/files.h"
 #include "support/paths.h"
+#include "support/runs.h"
 
 using namespace cm;
 namespace fs = std::filesystem;
@@ -33,40 +36,10 @@ namespace {
 const char* kToy = "toy_ct train.batch=64 train.log_every=10 train.threads=1 sample.eval_count=200 sample.count=200 model.width=32 "
                    "+method.curriculum_steps=40";
 
-struct Run {
-  int rc = -1;
-  std::string out;
-};
-
-Run run_cm(const std::string& args) {
-  Run r;
-  const std::string cmd = fmt::format("OMP_NUM_THREADS=1 {} {}", test::cm_binary(), args);
-  r.rc = test::run_command(cmd, &r.out);
-  r.out = cmd + "\n" + r.out;
-  return r;
-}
-
-bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
-
-std::string read_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-void flip_byte(const std::string& path, int64_t offset) {
-  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(offset);
-  char c = 0;
-  f.get(c);
-  f.seekp(offset);
-  f.put(static_cast<char>(c ^ 0x5a));
-}
-
-std::vector<int64_t> steps_in(const std::string& run_dir) {
-  std::vector<int64_t> s;
-  for (auto& [step, path] : list_checkpoint_dirs(run_dir + "/checkpoints")) s.push_back(step);
-  return s;
-}
+using test::contains;
+using test::flip_byte;
+using test::read_text;
+using test::run_cm;
 
 class Validation : public ::testing::Test {
  protected:
@@ -136,7 +109,7 @@ TEST_F(Validation, TrainStopsBeforeTheFirstStepOnABadSetting) {
 TEST_F(Validation, ResumeAutoWithNoCheckpointThatVerifiesStops) {
   const std::string run = dir_ + "/run";
   ASSERT_EQ(run_cm(fmt::format("train {} run.dir={} train.steps=20 checkpoint.every=10", kToy, run)).rc, 0);
-  ASSERT_EQ(steps_in(run), (std::vector<int64_t>{10, 20}));
+  ASSERT_EQ(test::checkpoint_steps(run), (std::vector<int64_t>{10, 20}));
   const std::string c10 = run + "/checkpoints/" + checkpoint_dir_name(10), c20 = run + "/checkpoints/" + checkpoint_dir_name(20);
   flip_byte(c10 + "/model.safetensors", 200);
   fs::resize_file(c20 + "/optimizer.safetensors", 100);
@@ -148,7 +121,7 @@ TEST_F(Validation, ResumeAutoWithNoCheckpointThatVerifiesStops) {
   EXPECT_TRUE(contains(r.out, "checkpoint '" + c10 + "': model.safetensors has CRC32")) << r.out;
   EXPECT_TRUE(contains(r.out, "To start this run over, move " + run + "/checkpoints aside")) << r.out;
   // Nothing was trained or overwritten: the damaged checkpoints are still there, the metrics unchanged.
-  EXPECT_EQ(steps_in(run), (std::vector<int64_t>{10, 20}));
+  EXPECT_EQ(test::checkpoint_steps(run), (std::vector<int64_t>{10, 20}));
   EXPECT_EQ(read_text(run + "/metrics.jsonl"), before);
   EXPECT_FALSE(contains(r.out, "step      10/30")) << r.out;
 }
@@ -287,21 +260,21 @@ TEST_F(Validation, ASecondSigtermStillEndsWithTheCheckpointAndExit75) {
   const std::string run = dir_ + "/twice";
   auto s = stop_run(dir_, run, "kill -TERM $pid; sleep 0.02; kill -TERM $pid; sleep 0.3; kill -TERM $pid");
   EXPECT_EQ(s.rc, kExitPreempted) << s.log;
-  ASSERT_EQ(steps_in(run).size(), 1u) << s.log;
-  EXPECT_TRUE(contains(s.log, fmt::format("stopping after step {} on SIGTERM", steps_in(run)[0]))) << s.log;
-  EXPECT_NO_THROW(verify_checkpoint(run + "/checkpoints/" + checkpoint_dir_name(steps_in(run)[0])));
+  ASSERT_EQ(test::checkpoint_steps(run).size(), 1u) << s.log;
+  EXPECT_TRUE(contains(s.log, fmt::format("stopping after step {} on SIGTERM", test::checkpoint_steps(run)[0]))) << s.log;
+  EXPECT_NO_THROW(verify_checkpoint(run + "/checkpoints/" + checkpoint_dir_name(test::checkpoint_steps(run)[0])));
 }
 
 TEST_F(Validation, CtrlCIsACleanStopToo) {
   const std::string run = dir_ + "/int";
   auto s = stop_run(dir_, run, "kill -INT $pid");
   EXPECT_EQ(s.rc, kExitPreempted) << s.log;
-  ASSERT_EQ(steps_in(run).size(), 1u) << s.log;
-  EXPECT_TRUE(contains(s.log, fmt::format("stopping after step {} on SIGINT", steps_in(run)[0]))) << s.log;
+  ASSERT_EQ(test::checkpoint_steps(run).size(), 1u) << s.log;
+  EXPECT_TRUE(contains(s.log, fmt::format("stopping after step {} on SIGINT", test::checkpoint_steps(run)[0]))) << s.log;
   // ... and the same command continues from it.
-  auto r = run_cm(fmt::format("train {} run.dir={} train.steps={} checkpoint.every=0", kToy, run, steps_in(run)[0] + 5));
+  auto r = run_cm(fmt::format("train {} run.dir={} train.steps={} checkpoint.every=0", kToy, run, test::checkpoint_steps(run)[0] + 5));
   EXPECT_EQ(r.rc, 0) << r.out;
-  EXPECT_TRUE(contains(r.out, "resuming from " + run + "/checkpoints/" + checkpoint_dir_name(steps_in(run)[0]))) << r.out;
+  EXPECT_TRUE(contains(r.out, "resuming from " + run + "/checkpoints/" + checkpoint_dir_name(test::checkpoint_steps(run)[0]))) << r.out;
 }
 
 TEST_F(Validation, ASignalDuringStartUpIsAStopRequestNotAKill) {

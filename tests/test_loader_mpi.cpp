@@ -9,6 +9,7 @@
 #include <set>
 
 #include "support/datasets_fixtures.h"
+#include "support/mpi_launch.h"
 
 namespace fs = std::filesystem;
 
@@ -29,7 +30,7 @@ std::string run_ok(const std::string& cmd) {
 GlobalBatches assemble(const std::string& prefix, int world, int64_t first_seq) {
   GlobalBatches out;
   for (int r = 0; r < world; ++r) {
-    std::istringstream in(cm::test::read_bytes(fmt::format("{}.rank{}.txt", prefix, r)));
+    std::istringstream in(cm::read_file(fmt::format("{}.rank{}.txt", prefix, r)));
     std::string line;
     size_t k = 0;
     while (std::getline(in, line)) {
@@ -62,7 +63,7 @@ class LoaderMpi : public ::testing::Test {
   static std::string selftest(int world, const std::string& tag, int64_t batches, const std::string& extra = "") {
     const std::string prefix = dir_ + "/" + tag;
     run_ok(fmt::format("{} {} data selftest run {}/data --batch {} --batches {} --seed 5 --flip --out {} {}",
-                       cm::test::mpirun(world), cm::test::cm_binary(), dir_, kBatch, batches, prefix, extra));
+                       cm::test::mpirun_prefix(world), cm::test::cm_binary(), dir_, kBatch, batches, prefix, extra));
     return prefix;
   }
   static std::string dir_;

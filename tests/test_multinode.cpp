@@ -28,10 +28,10 @@
 #include <set>
 #include <sstream>
 #include <thread>
-#include "core/rng.h"
-#include "core/safetensors.h"
-#include "datasets/shards.h"
+#include "support/datasets_fixtures.h"
+#include "support/files.h"
 #include "support/paths.h"
+#include "support/runs.h"
 
 namespace fs = std::filesystem;
 using cm::test::run_command;
@@ -39,59 +39,11 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-int count(const std::string& text, const std::string& needle) {
-  int n = 0;
-  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
-  return n;
-}
+using cm::test::count_of;
+using cm::test::read_text;
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// 28x28 grey labelled images, 2 shards, in the layout `cm data convert` writes (as test_train_eval).
-void write_dataset(const std::string& dir, int64_t n) {
-  fs::create_directories(dir);
-  auto g = cm::cpu_generator(31);
-  auto scale = torch::rand({n, 1, 1, 1}, g), offset = torch::rand({n, 1, 1, 1}, g) * (1 - scale);
-  auto imgs = ((torch::rand({n, 28, 28, 1}, g) * scale + offset) * 255).round().clamp(0, 255).to(torch::kUInt8).contiguous();
-  auto labels = torch::randint(0, 10, {n}, g, torch::kInt64);
-  cm::data::Manifest m;
-  m.info.name = "tiny";
-  m.info.source_format = "test";
-  m.info.height = 28, m.info.width = 28, m.info.channels = 1, m.info.num_classes = 10;
-  m.info.total_records = n;
-  m.info.shard_count = 2;
-  for (int64_t s = 0; s < 2; ++s) {
-    cm::data::ShardWriter w(dir, m.info, s);
-    const auto [first, cnt] = cm::data::shard_range(n, 2, s);
-    w.append(imgs.narrow(0, first, cnt).contiguous().data_ptr<uint8_t>(),
-             labels.narrow(0, first, cnt).contiguous().data_ptr<int64_t>(), cnt);
-    m.shards.push_back(w.commit());
-  }
-  cm::data::write_manifest(dir, m);
-}
-
-double max_diff(const std::string& a, const std::string& b) {
-  auto fa = cm::load_safetensors(a), fb = cm::load_safetensors(b);
-  EXPECT_EQ(fa.tensors.size(), fb.tensors.size()) << a << " vs " << b;
-  double m = 0;
-  for (auto& [n, t] : fa.tensors) {
-    const torch::Tensor* u = fb.find(n);
-    if (!u) {
-      ADD_FAILURE() << n << " missing in " << b;
-      continue;
-    }
-    m = std::max(m, (t - *u).abs().max().item<double>());
-  }
-  return m;
 }
 
 // The weights of a finished run (model and every EMA) equal the reference run's within the equivalence
@@ -102,7 +54,7 @@ void expect_same_weights(const std::string& ref, const std::string& run, const s
     const std::string name = e.path().filename().string();
     if (e.path().extension() != ".safetensors") continue;
     ASSERT_TRUE(fs::exists(run + "/" + name)) << what << ": no " << name << " in " << run;
-    EXPECT_LT(max_diff(e.path().string(), run + "/" + name), 2e-5) << what << ": " << name;
+    EXPECT_LT(cm::test::max_tensor_diff(e.path().string(), run + "/" + name), 2e-5) << what << ": " << name;
     ++files;
   }
   EXPECT_GE(files, 2) << what << ": model and EMA weights expected in " << ref;
@@ -177,7 +129,7 @@ class Multinode : public ::testing::Test {
     up_ = rc == 0;
     std::printf("[ hosts    ] up in %.1f s: %s", seconds_since(t0), start_log_.c_str());
     std::ofstream(dir_ + "/hostfile") << "cmnode1 slots=2\ncmnode2 slots=2\n";
-    write_dataset(dir_ + "/data", 48);
+    cm::test::write_grey_dataset(dir_ + "/data", 48);
   }
 
   static void TearDownTestSuite() {
@@ -285,7 +237,7 @@ class Multinode : public ::testing::Test {
     std::vector<int> pids;
     std::istringstream in(out);
     for (int p; in >> p;)
-      if (slurp(fmt::format("/proc/{}/comm", p)) == name + "\n") pids.push_back(p);
+      if (read_text(fmt::format("/proc/{}/comm", p)) == name + "\n") pids.push_back(p);
     return pids;
   }
   // The cm ranks running on a host (build/cm execs build/cm-main).
@@ -330,8 +282,8 @@ TEST_F(Multinode, SlurmTwoNodeJobMatchesOneHost) {
   // The dry run as a job: the same layout a training job of this allocation gets.
   const std::string plan = submit("plan", fmt::format("plan {} --layout --quiet", kToy));
   ASSERT_FALSE(plan.empty());
-  EXPECT_EQ(wait_job(plan, 120), "COMPLETED") << slurp(dir_ + "/plan.out");
-  const std::string plan_log = slurp(dir_ + "/plan.out");
+  EXPECT_EQ(wait_job(plan, 120), "COMPLETED") << read_text(dir_ + "/plan.out");
+  const std::string plan_log = read_text(dir_ + "/plan.out");
   expect_layout(plan_log, "cm plan --layout under sbatch");
   EXPECT_NE(plan_log.find("4 tasks on 2 node(s) cmnode[1-2]"), std::string::npos) << plan_log;
 
@@ -344,7 +296,7 @@ TEST_F(Multinode, SlurmTwoNodeJobMatchesOneHost) {
     ASSERT_FALSE(job.empty());
     const std::string state = wait_job(job, 240);
     std::printf("[ timing   ] sbatch --nodes=2, 2 tasks per node, %s: %.1f s\n", c.name.c_str(), seconds_since(t0));
-    const std::string log = slurp(fmt::format("{}/train_{}.out", dir_, c.name));
+    const std::string log = read_text(fmt::format("{}/train_{}.out", dir_, c.name));
     ASSERT_EQ(state, "COMPLETED") << log;
     EXPECT_NE(log.find("4 tasks on 2 node(s) cmnode[1-2]"), std::string::npos) << log;
     expect_layout(log, "sbatch " + c.name);
@@ -363,8 +315,8 @@ TEST_F(Multinode, PreemptedTwoNodeJobCheckpointsOnceAndResumesOnBothNodes) {
                                                         "sample.count=200 sample.eval_count=500 checkpoint.every=100000 run.dir={}",
                                                         run));
   ASSERT_FALSE(job.empty());
-  const bool training = wait_for([&] { return slurp(run + "/metrics.jsonl").find("\"step\": 40") != std::string::npos; }, 120);
-  ASSERT_TRUE(training) << "the job did not start training:\n" << slurp(dir_ + "/preempt.out");
+  const bool training = wait_for([&] { return read_text(run + "/metrics.jsonl").find("\"step\": 40") != std::string::npos; }, 120);
+  ASSERT_TRUE(training) << "the job did not start training:\n" << read_text(dir_ + "/preempt.out");
   std::string out;
   ASSERT_EQ(local("scancel --signal=USR1 " + job, &out), 0) << out;
   const auto t0 = std::chrono::steady_clock::now();
@@ -372,26 +324,26 @@ TEST_F(Multinode, PreemptedTwoNodeJobCheckpointsOnceAndResumesOnBothNodes) {
   // first run's step daemons are gone on both nodes (the requeued job reuses the step ids, and with them the
   // PMIx socket names) and a second has passed (slurmd refuses credentials as old as the revoked ones).
   const bool requeued = wait_for([&] {
-    return slurp(dir_ + "/preempt.out").find("requeueing job " + job) != std::string::npos && job_state(job) == "PENDING" &&
+    return read_text(dir_ + "/preempt.out").find("requeueing job " + job) != std::string::npos && job_state(job) == "PENDING" &&
            pids_named("cmnode1", "slurmstepd").empty() && pids_named("cmnode2", "slurmstepd").empty();
   }, 120);
-  EXPECT_TRUE(requeued) << slurp(dir_ + "/preempt.out");
+  EXPECT_TRUE(requeued) << read_text(dir_ + "/preempt.out");
   if (requeued) local("sleep 1 && scontrol update JobId=" + job + " StartTime=now", &out);
   const bool done = wait_for([&] { return fs::exists(run + "/final.json"); }, 240);
   const std::string state = wait_job(job, 60);
   std::printf("[ timing   ] preempted at step >= 40, requeued, finished 400 steps: %.1f s after the signal\n", seconds_since(t0));
-  const std::string log = slurp(dir_ + "/preempt.out");
+  const std::string log = read_text(dir_ + "/preempt.out");
   ASSERT_TRUE(done) << log;
   EXPECT_EQ(state, "COMPLETED") << log;
   // Every rank stopped after the same step K and exactly one checkpoint (step K) was committed for it.
-  EXPECT_EQ(count(log, "exiting with code 75"), 1) << log;
+  EXPECT_EQ(count_of(log, "exiting with code 75"), 1) << log;
   const auto stop = log.find("stopping after step ");
   ASSERT_NE(stop, std::string::npos) << log;
   const int64_t k = std::stoll(log.substr(stop + 20));
   EXPECT_GE(k, 40);
   EXPECT_LT(k, 400);
   EXPECT_EQ(checkpoint_dirs(run), (std::set<std::string>{fmt::format("step_{:08d}", k), "step_00000400"})) << log;
-  EXPECT_EQ(count(log, fmt::format("step_{:08d}: ", k)), 1) << "the preemption checkpoint should be written once:\n" << log;
+  EXPECT_EQ(count_of(log, fmt::format("step_{:08d}: ", k)), 1) << "the preemption checkpoint should be written once:\n" << log;
   // Requeued by job.sh, restarted on both nodes, resumed from step K, finished.
   EXPECT_NE(log.find("requeueing job " + job), std::string::npos) << log;
   const auto restart = log.find("(restart 1): 4 tasks on 2 node(s) cmnode[1-2]");
@@ -413,7 +365,7 @@ TEST_F(Multinode, LostNodeEndsTheJobAndTheResubmittedJobResumes) {
                                        watchdog_s, run);
   const std::string job = submit("lost", args);
   ASSERT_FALSE(job.empty());
-  ASSERT_TRUE(wait_for([&] { return newest_checkpoint(run) >= 40; }, 120)) << slurp(dir_ + "/lost.out");
+  ASSERT_TRUE(wait_for([&] { return newest_checkpoint(run) >= 40; }, 120)) << read_text(dir_ + "/lost.out");
   std::vector<int> victims = cm_pids("cmnode2");
   ASSERT_EQ(victims.size(), 2u) << "expected 2 cm ranks on cmnode2";
   const auto t0 = std::chrono::steady_clock::now();
@@ -421,7 +373,7 @@ TEST_F(Multinode, LostNodeEndsTheJobAndTheResubmittedJobResumes) {
   const std::string state = wait_job(job, 2 * watchdog_s);
   const double ended_after = seconds_since(t0);
   std::printf("[ timing   ] node lost: the job ended %.1f s after cmnode2's ranks were killed (%s)\n", ended_after, state.c_str());
-  const std::string log = slurp(dir_ + "/lost.out");
+  const std::string log = read_text(dir_ + "/lost.out");
   EXPECT_TRUE(finished(state)) << state << "\n" << log;
   EXPECT_NE(state, "COMPLETED") << log;
   EXPECT_LT(ended_after, watchdog_s) << log;
@@ -436,8 +388,8 @@ TEST_F(Multinode, LostNodeEndsTheJobAndTheResubmittedJobResumes) {
   ASSERT_GE(last, 40);
   const std::string again = submit("lost_again", args);
   ASSERT_FALSE(again.empty());
-  EXPECT_EQ(wait_job(again, 240), "COMPLETED") << slurp(dir_ + "/lost_again.out");
-  const std::string log2 = slurp(dir_ + "/lost_again.out");
+  EXPECT_EQ(wait_job(again, 240), "COMPLETED") << read_text(dir_ + "/lost_again.out");
+  const std::string log2 = read_text(dir_ + "/lost_again.out");
   expect_layout(log2, "the resubmitted job");
   EXPECT_NE(log2.find(fmt::format("step_{:08d} (step {},", last, last)), std::string::npos)
       << "no 'resuming from .../step_" << last << " (step " << last << "' in:\n" << log2;

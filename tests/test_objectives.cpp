@@ -6,7 +6,9 @@
 
 #include <cmath>
 #include "core/ema.h"
+#include "core/compat.h"
 #include "core/lpips.h"
+#include "core/precision.h"
 #include "core/weights.h"
 #include "core/rng.h"
 #include "datasets/toy2d.h"
@@ -76,10 +78,12 @@ TEST(Objectives, TargetFollowsMuOfTheStep) {
     torch::NoGradGuard ng;
     for (auto& p : student) p.add_(1.0);
   }
-  obj->after_step(50);
+  Objective* o = obj.get();
+  EmaSet emas(obj->student(), obj->target(), [o](int64_t k) { return o->target_ema(k); }, {});
+  emas.update(50);
   const double mu = obj->schedule(50).at("mu");
-  EXPECT_NEAR(mu, r.method.ct.target_ema(50), 0);
-  auto state = obj->state();
+  EXPECT_NEAR(mu, r.method.curriculum.ct.target_ema(50), 0);
+  auto state = emas.target_state();
   ASSERT_EQ(state.size(), student.size());
   for (size_t i = 0; i < student.size(); ++i) {
     auto expect = mu * target0[i] + (1 - mu) * student[i];
@@ -93,7 +97,7 @@ TEST(Objectives, IctHasNoSeparateTargetAndLossIsSplitInvariant) {
   deps.shape.channels = 2;
   torch::manual_seed(0);
   auto obj = make_objective(r, deps);
-  EXPECT_TRUE(obj->state().empty());  // theta- = stopgrad(theta)
+  EXPECT_TRUE(obj->target() == nullptr);  // theta- = stopgrad(theta)
   // The loss of a global batch equals the mean of the losses of its halves computed as two ranks would.
   auto b = ring_batch(128, 3);
   auto whole = obj->loss(b, info(7, 0, 128, 128)).item<double>();
@@ -113,7 +117,8 @@ TEST(Objectives, LossGradientReachesOnlyTheStudent) {
   double gnorm = 0;
   for (auto& p : obj->student()->parameters()) gnorm += p.grad().defined() ? p.grad().norm().item<double>() : 0;
   EXPECT_GT(gnorm, 0);
-  for (auto& [n, t] : obj->state()) EXPECT_FALSE(t.requires_grad()) << n;
+  ASSERT_TRUE(obj->target() != nullptr);
+  for (auto& [n, t] : state_dict(*obj->target())) EXPECT_FALSE(t.requires_grad()) << n;
 }
 
 namespace {
@@ -172,4 +177,44 @@ TEST(Objectives, LpipsMetricWithoutWeightsFileIsAClearError) {
     EXPECT_NE(msg.find("/nonexistent/vgg_lpips.safetensors"), std::string::npos) << msg;
     EXPECT_NE(msg.find("convert_lpips_weights.py"), std::string::npos) << msg;
   }
+}
+
+namespace {
+// Records, per forward, whether CPU autocast was on.
+struct AutocastProbeImpl : NetworkImpl {
+  std::vector<bool>* on;
+  torch::Tensor w;
+  explicit AutocastProbeImpl(std::vector<bool>* o) : on(o) { w = register_parameter("w", torch::ones({1})); }
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor&, const torch::Tensor&) override {
+    on->push_back(compat::autocast_enabled(torch::kCPU));
+    return x * w;
+  }
+};
+
+// The autocast state of the student and the target pass of one bf16 loss.
+std::vector<bool> autocast_of_passes(const std::string& recipe, std::vector<std::string> overrides) {
+  overrides.push_back("train.precision=bf16");
+  Recipe r = Recipe::load(recipe, overrides);
+  std::vector<bool> on;
+  ObjectiveDeps deps;
+  deps.shape.channels = 2;
+  deps.exact_denoiser = make_toy_mixture("ring").denoiser();
+  deps.network_factory = [&] { return std::make_shared<AutocastProbeImpl>(&on); };
+  auto obj = make_objective(r, deps);
+  {
+    AutocastScope bf16(Precision::Bf16, torch::kCPU);
+    obj->loss(ring_batch(8, 1), info(0, 0, 8, 8));
+  }
+  return on;
+}
+}  // namespace
+
+// train.target_precision = auto: the target pass leaves autocast when theta- = stopgrad(theta) (CD with
+// mu = 0, iCT), where a bf16 target drowns the pair's difference; a separate EMA target stays in bf16.
+TEST(Objectives, StopgradTargetPassRunsInFp32UnderAutoTargetPrecision) {
+  EXPECT_EQ(autocast_of_passes("toy_cd", {}), (std::vector<bool>{true, false}));   // mu = 0
+  EXPECT_EQ(autocast_of_passes("toy_ict", {}), (std::vector<bool>{true, false}));  // stopgrad(theta)
+  EXPECT_EQ(autocast_of_passes("toy_ct", {}), (std::vector<bool>{true, true}));    // an EMA target network
+  EXPECT_EQ(autocast_of_passes("toy_ct", {"train.target_precision=fp32"}), (std::vector<bool>{true, false}));
+  EXPECT_EQ(autocast_of_passes("toy_cd", {"train.target_precision=same"}), (std::vector<bool>{true, true}));
 }

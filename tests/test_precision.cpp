@@ -17,7 +17,11 @@
 #include "core/json.h"
 #include "core/precision.h"
 #include "core/safetensors.h"
+#include "support/cm_run.h"
+#include "support/files.h"
+#include "support/mpi_launch.h"
 #include "support/paths.h"
+#include "support/runs.h"
 
 using namespace cm;
 namespace fs = std::filesystem;
@@ -27,47 +31,17 @@ namespace {
 const char* kToy = "toy_ct train.batch=64 train.log_every=1 train.threads=1 sample.eval_count=200 sample.count=200 model.width=32 "
                    "+method.curriculum_steps=40 train.precision=bf16 train.loss_scale=dynamic";
 
-std::string mpirun(int np) {
-  return fmt::format("OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1 timeout 300 "
-                     "{} --allow-run-as-root --oversubscribe --bind-to none -np {} ",
-                     test::mpiexec(), np);
-}
-
-struct Run {
-  int rc = -1;
-  std::string out;
-};
+using test::contains;
+using test::expect_same_state;
+using test::read_text;
+using test::Run;
 
 Run train(const std::string& dir, const std::string& extra, const std::string& launcher = "") {
-  Run r;
-  const std::string cmd = fmt::format("OMP_NUM_THREADS=1 {}{} train {} run.dir={} {}", launcher, test::cm_binary(), kToy, dir, extra);
-  r.rc = test::run_command(cmd, &r.out);
-  r.out = cmd + "\n" + r.out;
-  return r;
+  return test::run_cm(fmt::format("train {} run.dir={} {}", kToy, dir, extra), launcher);
 }
 
-bool contains(const std::string& s, const std::string& w) { return s.find(w) != std::string::npos; }
-
-std::string read_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-std::string ckpt(const std::string& run, int64_t step) { return run + "/checkpoints/" + checkpoint_dir_name(step); }
-
-// Every tensor of the training state of two checkpoints, bitwise.
-void expect_same_state(const std::string& a, const std::string& b) {
-  for (const char* f : {"model.safetensors", "objective.safetensors", "ema_0.995.safetensors", "optimizer.safetensors"}) {
-    SCOPED_TRACE(f);
-    auto fa = load_safetensors(a + "/" + f), fb = load_safetensors(b + "/" + f);
-    ASSERT_EQ(fa.tensors.size(), fb.tensors.size());
-    for (auto& [n, t] : fa.tensors) {
-      const torch::Tensor* u = fb.find(n);
-      ASSERT_TRUE(u) << n;
-      EXPECT_TRUE(torch::equal(t, *u)) << n << " differs between " << a << " and " << b;
-    }
-  }
-}
+// RUN/checkpoints/step_NNNNNNNN, for short.
+std::string ckpt(const std::string& run, int64_t step) { return test::checkpoint_path(run, step); }
 
 Json scaler_state(const std::string& checkpoint) {
   const std::string p = checkpoint + "/state.json";
@@ -136,7 +110,7 @@ TEST_F(Precision_, AnInfOnOneRankIsSkippedByBothRanksAndChangesNothing) {
   // Rank 1's loss is inf at step index 6 (the 7th step): its gradients, and after the all-reduce both
   // ranks', are not finite.
   auto r = train(d, "train.steps=9 checkpoint.every=1 checkpoint.keep_last=20 +debug.nonfinite_rank=1 +debug.nonfinite_step=6",
-                 mpirun(2));
+                 test::mpirun_prefix(2));
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_TRUE(contains(r.out, "skipped 1")) << r.out;
   // Step 7 (1-based) was skipped: its state equals step 6's, bitwise (student, target, EMA, optimizer).

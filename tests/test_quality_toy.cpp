@@ -11,6 +11,7 @@
 #include "core/rng.h"
 #include "datasets/image_sets.h"  // read_npz_tensor: cm sample's output
 #include "datasets/toy2d.h"
+#include "recipes/observers.h"  // add_standard_observers
 #include "recipes/trainer.h"
 #include "support/paths.h"
 
@@ -39,6 +40,7 @@ Outcome train(const std::string& recipe, std::vector<std::string> overrides, boo
   overrides.push_back("run.dir=" + dir);
   overrides.push_back("train.threads=1");  // one thread: OpenMP barriers degrade badly when the 2 cores are shared
   Trainer t(Recipe::load(recipe, overrides), TrainerOptions{0, 1, 0, 1, /*quiet=*/true});
+  add_standard_observers(t);
   Outcome o;
   o.before = t.evaluate_quality().at("swd_1step");
   auto res = t.run();

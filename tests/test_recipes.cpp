@@ -81,17 +81,17 @@ TEST(Recipes, EveryPublishedRunHasARecipeWithThePublishedNumbers) {
     EXPECT_DOUBLE_EQ(r.method.range.sigma_min, 0.002);
     EXPECT_DOUBLE_EQ(r.method.range.sigma_max, 80.0);
     if (std::string(p.method) == "cd") {
-      EXPECT_EQ(r.method.num_scales, p.n_or_s0);
-      EXPECT_DOUBLE_EQ(r.method.mu, p.mu);
+      EXPECT_EQ(r.method.curriculum.fixed.num_scales, p.n_or_s0);
+      EXPECT_DOUBLE_EQ(r.method.curriculum.fixed.mu, p.mu);
       EXPECT_EQ(r.method.solver, Solver::Heun);
     } else if (std::string(p.method) == "ct") {
-      EXPECT_EQ(r.method.ct.s0, p.n_or_s0);
-      EXPECT_EQ(r.method.ct.s1, p.s1);
-      EXPECT_DOUBLE_EQ(r.method.ct.mu0, p.mu);
-      EXPECT_EQ(r.method.ct.total_steps, p.steps);  // the curriculum spans the whole run
+      EXPECT_EQ(r.method.curriculum.ct.s0, p.n_or_s0);
+      EXPECT_EQ(r.method.curriculum.ct.s1, p.s1);
+      EXPECT_DOUBLE_EQ(r.method.curriculum.ct.mu0, p.mu);
+      EXPECT_EQ(r.method.curriculum.ct.total_steps, p.steps);  // the curriculum spans the whole run
     } else {
-      EXPECT_EQ(r.method.ict.s0, p.n_or_s0);
-      EXPECT_EQ(r.method.ict.s1, p.s1);
+      EXPECT_EQ(r.method.curriculum.ict.s0, p.n_or_s0);
+      EXPECT_EQ(r.method.curriculum.ict.s1, p.s1);
     }
   }
 }

@@ -14,6 +14,7 @@
 #include "core/ema.h"
 #include "core/karras.h"
 #include "core/optim.h"
+#include "core/rng.h"
 #include "core/safetensors.h"
 #include "core/weights.h"
 #include "recipes/objectives.h"
@@ -37,15 +38,9 @@ torch::Tensor get(const std::string& name) {
   return *t;
 }
 
-uint64_t splitmix64(uint64_t x) {
-  uint64_t z = x + 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-// The generator's weights: tensor k of the state dict, element i -> 24-bit u -> (u/2^24 - 0.5)/8, or
-// 1 + (u/2^24 - 0.5)/4 for 1-D "*weight" tensors; exact in double, rounded once to float.
+// The generator's weights (its splitmix64 is core/rng.h's): tensor k of the state dict, element i -> 24-bit
+// u -> (u/2^24 - 0.5)/8, or 1 + (u/2^24 - 0.5)/4 for 1-D "*weight" tensors; exact in double, rounded once
+// to float.
 void hash_weights(NetworkImpl& net, uint64_t seed) {
   torch::NoGradGuard ng;
   int64_t k = 0;
@@ -153,9 +148,7 @@ Built build(const std::string& recipe, std::vector<std::string> extra, bool sepa
   if (separate_target) {
     auto probe = build_network(r, deps.shape);
     hash_weights(*probe, 2);
-    NamedTensors st;
-    for (auto& [n, t] : state_dict(*probe)) st.emplace_back("target." + n, t);
-    b.obj->load_state(st);
+    load_weights(*b.obj->target(), state_dict(*probe), "probe");
   }
   return b;
 }
@@ -237,15 +230,16 @@ TEST(ReferenceEquivalence, CtTrainingSteps) {
   // The target starts as the student (the objective copies it at construction; the student was re-hashed after).
   {
     NamedTensors st;
-    for (auto& [n, t] : state_dict(*obj.student())) st.emplace_back("target." + n, t.clone());
-    obj.load_state(st);
+    for (auto& [n, t] : state_dict(*obj.student())) st.emplace_back(n, t.clone());
+    load_weights(*obj.target(), st, "student");
   }
   auto params = obj.student()->parameters();
   OptimizerOptions oo;
   oo.name = "radam";
   oo.lr = 2e-3;
   Optimizer opt(params, oo);
-  SamplingEmas emas({0.9}, params);
+  Objective* o = &obj;
+  EmaSet emas(obj.student(), obj.target(), [o](int64_t k) { return o->target_ema(k); }, {0.9});
   for (int64_t k = 0; k < 7; ++k) {
     const std::string pre = fmt::format("train/{}/", k);
     const auto sched = obj.schedule(k);
@@ -254,17 +248,16 @@ TEST(ReferenceEquivalence, CtTrainingSteps) {
     auto loss = obj.loss(batch(pre), inject(obj, pre, n, k));
     loss.backward();
     opt.step();
-    obj.after_step(k);
-    emas.update(params);
+    emas.update(k);
     const double want = get(pre + "loss").item<double>();
     EXPECT_LT(std::abs(loss.item<double>() - want) / std::abs(want), kTol)
         << fmt::format("step {} (N {}, mu {}): loss {:.9g}, reference {:.9g}", k, n, sched.at("mu"), loss.item<double>(), want);
   }
   std::vector<std::pair<std::string, torch::Tensor>> student = obj.student()->named_parameters().pairs(), target, ema;
-  for (auto& [n, t] : obj.state())
+  for (auto& [n, t] : emas.target_state())
     if (n.rfind("target.", 0) == 0) target.emplace_back(n.substr(7), t);
   size_t i = 0;
-  for (auto& [n, t] : student) ema.emplace_back(n, emas.weights(0).at(i++));
+  for (auto& [n, t] : student) ema.emplace_back(n, emas.sampling().weights(0).at(i++));
   for (auto [what, list] : {std::pair{"student", &student}, std::pair{"target", &target}, std::pair{"ema", &ema}}) {
     std::string worst;
     const double e = compare_params(*list, fmt::format("train/{}/", what), &worst);

@@ -13,6 +13,7 @@
 #include "datasets/npz.h"
 #include "recipes/recipe.h"
 #include "recipes/sampling.h"
+#include "support/mpi_launch.h"
 #include "support/paths.h"
 
 using namespace cm;
@@ -64,12 +65,6 @@ std::string make_weights(const std::string& dir) {
   const std::string path = dir + "/w.safetensors";
   save_safetensors(path, state_dict(*net));
   return path;
-}
-
-std::string mpirun(int np) {
-  return fmt::format("OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1 "
-                     "timeout 300 {} --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS -np {} ",
-                     test::mpiexec(), np);
 }
 
 }  // namespace
@@ -183,7 +178,7 @@ TEST(Sampling, SameSamplesForAnyBatchAndWorldSize) {
   auto log = run("", 8, dir + "/b8");
   EXPECT_NE(log.find("sigmas [80, "), std::string::npos) << log;
   run("", 3, dir + "/b3");
-  log = run(mpirun(2), 3, dir + "/w2");
+  log = run(test::mpirun_prefix(2), 3, dir + "/w2");
   EXPECT_NE(log.find("on 2 ranks"), std::string::npos) << log;
   const std::string name = "/samples_13x16x16x3.npz";
   auto a8 = read_npz_array(dir + "/b8" + name, "arr_0"), a3 = read_npz_array(dir + "/b3" + name, "arr_0"),

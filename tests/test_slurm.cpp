@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include "support/files.h"
 #include "support/paths.h"
 
 namespace fs = std::filesystem;
@@ -17,12 +18,7 @@ using cm::test::run_command;
 
 namespace {
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using cm::test::read_text;
 
 // One cluster for all tests of this program (starting one takes a few seconds).
 class SlurmCluster : public ::testing::Test {
@@ -74,7 +70,7 @@ TEST_F(SlurmCluster, OneNodeBatchScriptTrainsWithTwoTasks) {
   const int rc = slurm(fmt::format("timeout 600 sbatch --wait {} launch/slurm/cm_1node.sbatch train {} run.dir={}",
                                    cpu_job("plain"), kTiny, run),
                        &out);
-  const std::string log = slurp(dir_ + "/plain.out");
+  const std::string log = read_text(dir_ + "/plain.out");
   ASSERT_EQ(rc, 0) << out << "\njob output:\n" << log;
   EXPECT_NE(log.find("2 tasks on 1 node(s)"), std::string::npos) << log;
   EXPECT_NE(log.find("2 rank(s)"), std::string::npos) << log;  // one MPI world of 2 ranks via srun --mpi=pmix
@@ -87,7 +83,7 @@ TEST_F(SlurmCluster, OneNodeBatchScriptTrainsWithTwoTasks) {
 TEST_F(SlurmCluster, JobWithoutRunDirectoryIsRefused) {
   std::string out;
   slurm(fmt::format("timeout 120 sbatch --wait {} launch/slurm/cm_1node.sbatch train toy_ct", cpu_job("norundir")), &out);
-  const std::string log = slurp(dir_ + "/norundir.out");
+  const std::string log = read_text(dir_ + "/norundir.out");
   EXPECT_NE(log.find("give run.dir=DIR"), std::string::npos) << out << log;
 }
 
@@ -108,11 +104,11 @@ TEST_F(SlurmCluster, PreemptedJobCheckpointsIsRequeuedAndFinishes) {
   // Wait until training is under way (metrics of step 40 written), then signal every task of the job.
   bool training = false;
   for (int i = 0; i < 600 && !training; ++i) {
-    training = slurp(run + "/metrics.jsonl").find("\"step\": 40") != std::string::npos ||
-               slurp(run + "/metrics.jsonl").find("\"step\":40") != std::string::npos;
+    training = read_text(run + "/metrics.jsonl").find("\"step\": 40") != std::string::npos ||
+               read_text(run + "/metrics.jsonl").find("\"step\":40") != std::string::npos;
     if (!training) std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-  ASSERT_TRUE(training) << "the job did not start training:\n" << slurp(dir_ + "/preempt.out");
+  ASSERT_TRUE(training) << "the job did not start training:\n" << read_text(dir_ + "/preempt.out");
   ASSERT_EQ(slurm("scancel --signal=USR1 " + job, &out), 0) << out;
   // The requeued job runs to the end.
   bool done = false;
@@ -121,9 +117,9 @@ TEST_F(SlurmCluster, PreemptedJobCheckpointsIsRequeuedAndFinishes) {
     if (!done) std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   // Let the batch script finish writing its last lines.
-  for (int i = 0; i < 100 && slurp(dir_ + "/preempt.out").find("cm exited with") == std::string::npos; ++i)
+  for (int i = 0; i < 100 && read_text(dir_ + "/preempt.out").find("cm exited with") == std::string::npos; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  const std::string log = slurp(dir_ + "/preempt.out");
+  const std::string log = read_text(dir_ + "/preempt.out");
   ASSERT_TRUE(done) << log;
   EXPECT_NE(log.find("exiting with code 75"), std::string::npos) << log;
   EXPECT_NE(log.find("requeueing job " + job), std::string::npos) << log;

@@ -13,6 +13,8 @@
 #include "datasets/image_codec.h"
 #include "datasets/image_sets.h"
 #include "datasets/shards.h"
+#include "support/datasets_fixtures.h"
+#include "support/mpi_launch.h"
 #include "support/paths.h"
 #include "support/standin_inception.h"
 
@@ -20,34 +22,6 @@ using namespace cm;
 namespace fs = std::filesystem;
 
 namespace {
-
-// 28x28 grey labelled images, 2 shards, in the layout `cm data convert` writes.
-void write_dataset(const std::string& dir, int64_t n) {
-  fs::create_directories(dir);
-  auto g = cpu_generator(31);
-  auto scale = torch::rand({n, 1, 1, 1}, g), offset = torch::rand({n, 1, 1, 1}, g) * (1 - scale);
-  auto imgs = ((torch::rand({n, 28, 28, 1}, g) * scale + offset) * 255).round().clamp(0, 255).to(torch::kUInt8).contiguous();
-  auto labels = torch::randint(0, 10, {n}, g, torch::kInt64);
-  data::Manifest m;
-  m.info.name = "tiny";
-  m.info.source_format = "test";
-  m.info.height = 28, m.info.width = 28, m.info.channels = 1, m.info.num_classes = 10;
-  m.info.total_records = n;
-  m.info.shard_count = 2;
-  for (int64_t s = 0; s < 2; ++s) {
-    data::ShardWriter w(dir, m.info, s);
-    const auto [first, count] = data::shard_range(n, 2, s);
-    w.append(imgs.narrow(0, first, count).contiguous().data_ptr<uint8_t>(), labels.narrow(0, first, count).contiguous().data_ptr<int64_t>(), count);
-    m.shards.push_back(w.commit());
-  }
-  data::write_manifest(dir, m);
-}
-
-std::string mpirun(int np) {
-  return fmt::format("OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1 "
-                     "timeout 600 {} --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS -np {} ",
-                     test::mpiexec(), np);
-}
 
 std::vector<Json> read_jsonl(const std::string& path) {
   std::ifstream in(path);
@@ -66,7 +40,7 @@ double num(const Json& j, const std::string& key) {
 
 TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
   const std::string dir = test::make_temp_dir("train_eval");
-  write_dataset(dir + "/data", 48);
+  test::write_grey_dataset(dir + "/data", 48);
   const std::string net = test::save_standin_inception(dir + "/inception.pt", false);
   const std::string run = dir + "/run";
   const std::string recipe = fmt::format(
@@ -74,7 +48,7 @@ TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
       "+method.curriculum_steps=16 train.sample_every=4 checkpoint.every=0 sample.count=4 eval.every_images=64 eval.count=30 eval.batch=10 eval.inception={}",
       dir, run, net);
   std::string out;
-  ASSERT_EQ(test::run_command(mpirun(2) + test::cm_binary() + " train " + recipe + " train.steps=12 2>&1", &out), 0) << out;
+  ASSERT_EQ(test::run_command(test::mpirun_prefix(2, 600) + test::cm_binary() + " train " + recipe + " train.steps=12 2>&1", &out), 0) << out;
   EXPECT_NE(out.find("FID"), std::string::npos) << out;
 
   // FID lines at 64, 128, 192 images (steps 4, 8, 12), beside the loss lines.
@@ -129,7 +103,7 @@ TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
                                          test::cm_binary(), recipe, run, dir, net);
   ASSERT_EQ(test::run_command(search + " --json " + dir + "/ts1.json 2>&1", &out), 0) << out;
   EXPECT_NE(out.find("best: --ts 0,"), std::string::npos) << out;
-  ASSERT_EQ(test::run_command(mpirun(2) + search + " --json " + dir + "/ts2.json 2>&1", &out), 0) << out;
+  ASSERT_EQ(test::run_command(test::mpirun_prefix(2, 600) + search + " --json " + dir + "/ts2.json 2>&1", &out), 0) << out;
   auto ts1 = parse_json(read_file(dir + "/ts1.json"), "ts1"), ts2 = parse_json(read_file(dir + "/ts2.json"), "ts2");
   const auto& res1 = ts1.at("results", "ts1").arr;
   const auto& res2 = ts2.at("results", "ts2").arr;
@@ -151,7 +125,7 @@ TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
   EXPECT_NEAR(num(parse_json(read_file(dir + "/t.json"), "t.json"), "fid"), min_fid, 1e-6 * min_fid);
 
   // Resumed to 16 steps: the statistics come from the cache, one more FID line at step 16.
-  ASSERT_EQ(test::run_command(mpirun(2) + test::cm_binary() + " train " + recipe + " train.steps=16 2>&1", &out), 0) << out;
+  ASSERT_EQ(test::run_command(test::mpirun_prefix(2, 600) + test::cm_binary() + " train " + recipe + " train.steps=16 2>&1", &out), 0) << out;
   EXPECT_NE(out.find("statistics cached in"), std::string::npos) << out;
   fid_steps.clear();
   for (auto& j : read_jsonl(run + "/metrics.jsonl"))

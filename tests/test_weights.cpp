@@ -10,6 +10,7 @@
 #include "core/safetensors.h"
 #include "core/torch_import.h"
 #include "core/weights.h"
+#include "support/files.h"
 #include "support/paths.h"
 
 namespace {
@@ -44,7 +45,7 @@ void run_python(const std::string& dir, const std::string& name, const std::stri
   ASSERT_EQ(rc, 0) << name << " failed:\n" << out;
 }
 
-bool contains(const std::string& s, const std::string& needle) { return s.find(needle) != std::string::npos; }
+using cm::test::contains;
 
 TEST(Weights, StateDictOrderIsPyTorchOrder) {
   auto net = small_ncsnpp();

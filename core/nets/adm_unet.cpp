@@ -224,6 +224,33 @@ torch::Tensor AdmUNetImpl::forward(const torch::Tensor& x, const torch::Tensor& 
   return out_->forward(h);
 }
 
+// The bound options' sanity, and attention resolutions turned into downsample rates (as the reference does).
+static void check_adm_options(ConfigReader& cfg, AdmOptions& o, const std::vector<int64_t>& attn_res) {
+  if (o.model_channels <= 0 || o.num_res_blocks <= 0)
+    throw ConfigError(fmt::format("{} and {} must be positive", cfg.key_path("model_channels"), cfg.key_path("num_res_blocks")));
+  if (o.dropout < 0 || o.dropout >= 1) throw ConfigError(fmt::format("{} must be in [0, 1)", cfg.key_path("dropout")));
+  for (auto m : o.channel_mult)
+    if (m <= 0 || (m * o.model_channels) % 32 != 0)
+      throw ConfigError(fmt::format("{}: every multiplier times model_channels must be a positive multiple of 32 "
+                                    "(GroupNorm32); {} x {} is not", cfg.key_path("channel_mult"), m, o.model_channels));
+  const int64_t levels = static_cast<int64_t>(o.channel_mult.size());
+  if (o.image_size % (int64_t(1) << (levels - 1)) != 0)
+    throw ConfigError(fmt::format("image size {} cannot be halved {} times ({} has {} levels)", o.image_size, levels - 1,
+                                  cfg.key_path("channel_mult"), levels));
+  // The reference turns resolutions into downsample rates (image_size // res) and silently ignores those
+  // the UNet never reaches; a resolution that matches no level is almost surely a typo, so it is an error.
+  std::vector<std::string> reachable;
+  for (int64_t l = 0; l < levels; ++l) reachable.push_back(std::to_string(o.image_size >> l));
+  for (auto r : attn_res) {
+    bool ok = false;
+    for (int64_t l = 0; l < levels; ++l) ok |= (o.image_size >> l) == r;
+    if (!ok)
+      throw ConfigError(fmt::format("{}: {} is not a resolution of this UNet (image {}, levels at {})",
+                                    cfg.key_path("attention_resolutions"), r, o.image_size, fmt::join(reachable, ", ")));
+    o.attention_ds.insert(o.image_size / r);
+  }
+}
+
 NetworkPtr build_adm(ConfigReader& cfg, const ModelShape& shape) {
   AdmOptions o;
   if (shape.resolution <= 0)
@@ -256,29 +283,7 @@ NetworkPtr build_adm(ConfigReader& cfg, const ModelShape& shape) {
   const bool class_cond = cfg.get_bool("class_cond", false);
   o.out_channels = learn_sigma ? 2 * o.in_channels : o.in_channels;
 
-  if (o.model_channels <= 0 || o.num_res_blocks <= 0)
-    throw ConfigError(fmt::format("{} and {} must be positive", cfg.key_path("model_channels"), cfg.key_path("num_res_blocks")));
-  if (o.dropout < 0 || o.dropout >= 1) throw ConfigError(fmt::format("{} must be in [0, 1)", cfg.key_path("dropout")));
-  for (auto m : o.channel_mult)
-    if (m <= 0 || (m * o.model_channels) % 32 != 0)
-      throw ConfigError(fmt::format("{}: every multiplier times model_channels must be a positive multiple of 32 "
-                                    "(GroupNorm32); {} x {} is not", cfg.key_path("channel_mult"), m, o.model_channels));
-  const int64_t levels = static_cast<int64_t>(o.channel_mult.size());
-  if (o.image_size % (int64_t(1) << (levels - 1)) != 0)
-    throw ConfigError(fmt::format("image size {} cannot be halved {} times ({} has {} levels)", o.image_size, levels - 1,
-                                  cfg.key_path("channel_mult"), levels));
-  // The reference turns resolutions into downsample rates (image_size // res) and silently ignores those
-  // the UNet never reaches; a resolution that matches no level is almost surely a typo, so it is an error.
-  std::vector<std::string> reachable;
-  for (int64_t l = 0; l < levels; ++l) reachable.push_back(std::to_string(o.image_size >> l));
-  for (auto r : attn_res) {
-    bool ok = false;
-    for (int64_t l = 0; l < levels; ++l) ok |= (o.image_size >> l) == r;
-    if (!ok)
-      throw ConfigError(fmt::format("{}: {} is not a resolution of this UNet (image {}, levels at {})",
-                                    cfg.key_path("attention_resolutions"), r, o.image_size, fmt::join(reachable, ", ")));
-    o.attention_ds.insert(o.image_size / r);
-  }
+  check_adm_options(cfg, o, attn_res);
   if (class_cond) {
     if (shape.num_classes <= 0)
       throw ConfigError(fmt::format("{} = true but the dataset has no classes (dataset.num_classes = 0)",

@@ -1,5 +1,6 @@
 // Helpers of the dataset tests: run Python (Debian's /usr/bin/python3 with PIL, numpy, lmdb) to make files
-// in the published formats and the reference outputs, read raw files, and read whole converted datasets.
+// in the published formats and the reference outputs, read raw files, read whole converted datasets, and
+// write a small one.
 #pragma once
 #include <gtest/gtest.h>
 
@@ -14,7 +15,12 @@
 #include <string>
 #include <vector>
 
+#include <torch/torch.h>
+
+#include "core/rng.h"
+#include "core/safetensors.h"  // read_file
 #include "datasets/shards.h"
+#include "support/files.h"
 #include "support/paths.h"
 
 namespace cm::test {
@@ -22,24 +28,10 @@ namespace cm::test {
 // The interpreter with python3-pil, python3-numpy and python3-lmdb (the python3 on PATH may be another).
 inline std::string python() { return "/usr/bin/python3"; }
 
-inline void write_text(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary);
-  f << text;
-  if (!f) throw std::runtime_error("cannot write " + path);
-}
-
-inline std::string read_bytes(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error("cannot read " + path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
 // Runs `script` (Python source) with `args` in `dir`; fails the test with the output when it fails.
 inline std::string run_python(const std::string& dir, const std::string& script, const std::string& args = "") {
   const std::string path = dir + "/fixture.py";
-  write_text(path, script);
+  write_file(path, script);
   std::string out;
   int rc = run_command("cd '" + dir + "' && " + python() + " " + path + " " + args, &out);
   if (rc != 0) ADD_FAILURE() << "python fixture failed (rc " << rc << "):\n" << out;
@@ -48,7 +40,7 @@ inline std::string run_python(const std::string& dir, const std::string& script,
 
 template <typename T>
 std::vector<T> read_raw(const std::string& path) {
-  std::string b = read_bytes(path);
+  std::string b = read_file(path);
   std::vector<T> v(b.size() / sizeof(T));
   std::memcpy(v.data(), b.data(), v.size() * sizeof(T));
   return v;
@@ -75,6 +67,30 @@ inline DatasetContents read_dataset(const std::string& dir) {
   return c;
 }
 
+// N 28x28 grey labelled images (random contrast and brightness per image), 2 shards, in the layout
+// `cm data convert` writes.
+inline void write_grey_dataset(const std::string& dir, int64_t n) {
+  std::filesystem::create_directories(dir);
+  auto g = cpu_generator(31);
+  auto scale = torch::rand({n, 1, 1, 1}, g), offset = torch::rand({n, 1, 1, 1}, g) * (1 - scale);
+  auto imgs = ((torch::rand({n, 28, 28, 1}, g) * scale + offset) * 255).round().clamp(0, 255).to(torch::kUInt8).contiguous();
+  auto labels = torch::randint(0, 10, {n}, g, torch::kInt64);
+  data::Manifest m;
+  m.info.name = "tiny";
+  m.info.source_format = "test";
+  m.info.height = 28, m.info.width = 28, m.info.channels = 1, m.info.num_classes = 10;
+  m.info.total_records = n;
+  m.info.shard_count = 2;
+  for (int64_t s = 0; s < 2; ++s) {
+    data::ShardWriter w(dir, m.info, s);
+    const auto [first, count] = data::shard_range(n, 2, s);
+    w.append(imgs.narrow(0, first, count).contiguous().data_ptr<uint8_t>(),
+             labels.narrow(0, first, count).contiguous().data_ptr<int64_t>(), count);
+    m.shards.push_back(w.commit());
+  }
+  data::write_manifest(dir, m);
+}
+
 // Largest absolute difference and the number of differing bytes.
 inline std::pair<int, int64_t> max_diff(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
   int m = 0;
@@ -85,16 +101,6 @@ inline std::pair<int, int64_t> max_diff(const std::vector<uint8_t>& a, const std
     n += d != 0;
   }
   return {m, n};
-}
-
-// `mpiexec` with the flags a test run needs (oversubscribe; root allowed when running as root). The vader
-// BTL's single-copy mechanism needs ptrace rights that containers often lack, so it is turned off; the
-// timeout keeps a hung job from hanging the test (as in test_distributed.cpp).
-inline std::string mpirun(int np) {
-  std::string cmd = "OMPI_MCA_btl_vader_single_copy_mechanism=none timeout 300 " + mpiexec() + " -np " + std::to_string(np) +
-                    " --oversubscribe --bind-to none";
-  if (::geteuid() == 0) cmd += " --allow-run-as-root";
-  return cmd;
 }
 
 }  // namespace cm::test

@@ -1,5 +1,6 @@
-// Multi-rank tests from inside a gtest: run a test executable under `mpirun -np W` with a scenario chosen
-// through the environment, bounded by a timeout, and find processes it may have left behind.
+// Multi-rank tests from inside a gtest: the mpirun prefix of a `cm` job's command line; run a test executable
+// under `mpirun -np W` with a scenario chosen through the environment, bounded by a timeout, and find processes
+// it may have left behind.
 //   auto r = cm::test::mpirun(3, cm::test::self_exe() + " --gtest_filter=DistWorker.Run", {{"CM_DIST_SCENARIO", "x"}}, 60);
 // The executable's worker test reads the scenario from the environment (mpirun -x) and writes its results to
 // files the calling test compares.
@@ -11,6 +12,7 @@
 #include <map>
 #include <string>
 #include <unistd.h>
+#include <fmt/format.h>
 #include "support/paths.h"
 
 namespace cm::test {
@@ -25,6 +27,15 @@ inline std::string self_exe() {
   char buf[4096];
   const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
   return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+
+// The start of a command line that runs the rest under `mpiexec -np NP` (e.g. mpirun_prefix(2) + cm_binary() +
+// " train ..."), bounded by `timeout_s`: root allowed, oversubscribed (more ranks than the 2 cores), the vader
+// BTL's single-copy mechanism off (it needs ptrace rights that containers often lack), one OpenMP thread per rank.
+inline std::string mpirun_prefix(int np, int timeout_s = 300) {
+  return fmt::format("OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1 "
+                     "timeout {} {} --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS -np {} ",
+                     timeout_s, mpiexec(), np);
 }
 
 // `timeout -k 5` ends mpirun (and with it the ranks) if the job itself hangs; rc 124 then. The vader BTL's

@@ -1,11 +1,13 @@
-// What a trainer pulls data from: batches of x in [-1, 1] (images NCHW or vectors [B, D]) with optional
-// labels, and a cursor that makes the stream resumable.
+// The data contract of the training engine (core/engine.h): batches of x in [-1, 1] (images NCHW or
+// vectors [B, D]) with optional labels, and a cursor that makes the stream resumable. The sources
+// themselves (converted shards, toy mixtures, synthetic batches) live in datasets/ and distributed/.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <torch/types.h>
 #include "core/network.h"
+#include "core/parameterization.h"  // DenoiserFn
 
 namespace cm {
 
@@ -30,6 +32,12 @@ class DataSource {
   virtual void restore(const DataCursor& c) = 0;
   virtual ModelShape shape() const = 0;           // channels, resolution (0 for vectors), classes
   virtual std::string describe() const = 0;       // one line for logs
+  // The data's exact denoiser, when it has one in closed form (the toy mixtures): CD with teacher =
+  // "exact" distils it. Empty otherwise.
+  virtual DenoiserFn exact_denoiser() const { return {}; }
+  // n fresh points from the data distribution itself, when it is known in closed form (the toy mixtures:
+  // their pictures and sliced Wasserstein figures). Undefined otherwise.
+  virtual torch::Tensor fresh_points(int64_t n, torch::Generator& gen) const { return {}; }
 };
 
 }  // namespace cm

@@ -1,0 +1,134 @@
+// The training engine (see engine.h).
+#include "core/engine.h"
+
+#include <chrono>
+#include <cmath>
+#include <fmt/format.h>
+#include <stdexcept>
+#include <thread>
+#include <torch/torch.h>
+
+namespace cm {
+
+namespace {
+// A phase of the step in the trace, for the scope's lifetime.
+class Phase {
+ public:
+  Phase(PhaseTracer* t, const char* name) : t_(t) {
+    if (t_) t_->begin(name);
+  }
+  ~Phase() {
+    if (t_) t_->end();
+  }
+  Phase(const Phase&) = delete;
+  Phase& operator=(const Phase&) = delete;
+
+ private:
+  PhaseTracer* t_;
+};
+}  // namespace
+
+TrainEngine::TrainEngine(EngineParts parts, EngineOptions options) : p_(parts), o_(options) {
+  if (!p_.data || !p_.objective || !p_.optimizer || !p_.emas || !p_.scaler) throw std::logic_error("TrainEngine: a part is missing");
+  if (o_.world > 1 && !p_.sync) throw std::logic_error("TrainEngine: world > 1 needs a gradient synchronisation");
+}
+
+Batch TrainEngine::next_batch() {
+  Batch batch = p_.data->next();
+  batch.x = batch.x.to(o_.device, /*non_blocking=*/true);
+  if (batch.labels.defined()) batch.labels = batch.labels.to(o_.device, true);
+  return batch;
+}
+
+// Loss and backward of every micro-batch; returns the sum of their (unscaled) losses, on the device: one
+// host synchronisation per step (the finite check), not one per micro-batch.
+torch::Tensor TrainEngine::forward_backward(const Batch& batch, int64_t k, double scale) {
+  const int64_t local = batch.x.size(0), micro = local / o_.micro_batches;
+  const bool poisoned = k >= o_.faults.nonfinite_begin && k < o_.faults.nonfinite_end;
+  torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(o_.device));
+  for (int64_t m = 0; m < o_.micro_batches; ++m) {
+    Batch mb{batch.x.narrow(0, m * micro, micro), batch.labels.defined() ? batch.labels.narrow(0, m * micro, micro) : torch::Tensor()};
+    StepInfo info{k, o_.rank, o_.seed, o_.device, Slice{o_.rank * local + m * micro, micro, o_.global_batch}};
+    torch::Tensor loss;
+    {
+      Phase ph(p_.tracer, "forward");
+      AutocastScope autocast(o_.precision, o_.device);  // student, target, teacher and LPIPS forwards
+      loss = p_.objective->loss(mb, info).to(torch::kFloat) / static_cast<double>(o_.micro_batches);
+    }
+    if (poisoned) loss = loss * std::numeric_limits<double>::infinity();  // +debug.nonfinite_*: a step that overflows
+    const torch::Tensor scaled = scale != 1.0 ? loss * scale : loss;
+    {
+      Phase ph(p_.tracer, "backward");
+      // Gradient accumulation communicates only on the last micro-batch: the earlier backwards add into the
+      // buckets locally; the last one's hooks all-reduce each bucket as soon as its gradients are complete.
+      const bool local_only = p_.sync && m + 1 < o_.micro_batches;
+      if (local_only) p_.sync->set_local_accumulation(true);
+      try {
+        scaled.backward();
+      } catch (...) {
+        if (local_only) p_.sync->set_local_accumulation(false);
+        throw;
+      }
+      if (local_only) p_.sync->set_local_accumulation(false);
+    }
+    loss_sum += loss.detach().to(torch::kFloat64);
+  }
+  return loss_sum;
+}
+
+// Whether the step may be applied. The gradients checked are the all-reduced ones, so every rank takes
+// the same decision; a non-finite loss makes its gradients non-finite (backpropagating inf / nan), and on
+// one rank the loss is checked too. One synchronisation reads the loss and the check together.
+bool TrainEngine::gradients_finite(const torch::Tensor& loss_sum, double* loss_value) {
+  std::vector<torch::Tensor> sums = {loss_sum.to(torch::kFloat)};
+  for (auto& p : p_.objective->student()->parameters())
+    if (p.grad().defined()) sums.push_back(p.grad().sum().to(torch::kFloat).reshape({}));
+  const auto health = torch::stack(sums).to(torch::kFloat64).cpu();
+  *loss_value = health[0].item<double>();
+  return health.narrow(0, 1, health.size(0) - 1).isfinite().all().item<bool>();
+}
+
+void TrainEngine::apply(int64_t k, double scale) {
+  if (scale != 1.0) {
+    torch::NoGradGuard ng;
+    for (auto& p : p_.objective->student()->parameters())
+      if (p.grad().defined()) p.grad().mul_(1.0 / scale);
+  }
+  {
+    Phase ph(p_.tracer, "optimizer");
+    p_.optimizer->step();
+  }
+  Phase ph(p_.tracer, "ema");
+  p_.emas->update(k);
+}
+
+StepOutcome TrainEngine::step(int64_t k) {
+  // Injected hang before the step's work: the other ranks then wait in this step's gradient all-reduce.
+  if (o_.faults.hang_step == k) std::this_thread::sleep_for(std::chrono::hours(1));
+  Batch batch = next_batch();
+  if (p_.sync) p_.sync->prepare();  // zeroes the buckets, which hold the gradients
+  else p_.optimizer->zero_grad();
+  const double scale = p_.scaler->scale();  // 1 unless fp16 (or train.loss_scale = "dynamic")
+  const torch::Tensor loss_sum = forward_backward(batch, k, scale);
+  if (o_.faults.fail_step == k)
+    throw std::runtime_error(fmt::format("injected failure at step {} (debug.fail_rank = {})", k, o_.rank));
+  if (p_.sync) {
+    Phase ph(p_.tracer, "all-reduce wait");
+    p_.sync->finish();  // launches what backward did not, waits: every .grad is now the average over ranks
+  }
+  StepOutcome out;
+  const bool grads_finite = gradients_finite(loss_sum, &out.loss);
+  const bool finite = grads_finite && (o_.world > 1 || std::isfinite(out.loss));
+  p_.scaler->update(finite);
+  if (!finite) {
+    out.applied = false;
+    out.nonfinite = grads_finite ? fmt::format("the loss was not finite ({})", out.loss)
+                                 : fmt::format("the gradients were not finite (loss {}{})", out.loss,
+                                               scale != 1.0 ? fmt::format(", loss scale {:.6g}", scale) : "");
+    return out;
+  }
+  apply(k, scale);
+  return out;
+}
+
+}  // namespace cm
