@@ -1,9 +1,9 @@
-# LibTorch headers cost ~20 s per translation unit. One precompiled header (core/pch.h) is built once in
+# LibTorch headers cost ~20 s per translation unit. One precompiled header (cmake/pch.h) is built once in
 # cm_pch and reused by every target made with cm_add_library / cm_add_executable.
 
-add_library(cm_pch STATIC ${CMAKE_SOURCE_DIR}/core/pch.cpp)
+add_library(cm_pch STATIC ${CMAKE_SOURCE_DIR}/cmake/pch.cpp)
 target_link_libraries(cm_pch PUBLIC cm_torch fmt::fmt)
-target_precompile_headers(cm_pch PRIVATE ${CMAKE_SOURCE_DIR}/core/pch.h)
+target_precompile_headers(cm_pch PRIVATE ${CMAKE_SOURCE_DIR}/cmake/pch.h)
 
 function(cm_use_pch target)
   target_precompile_headers(${target} REUSE_FROM cm_pch)

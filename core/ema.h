@@ -7,7 +7,7 @@
 #include <vector>
 #include <torch/types.h>
 #include "core/network.h"
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "core/train_state.h"
 
 namespace cm {

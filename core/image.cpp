@@ -1,12 +1,12 @@
-// PNG files (encoded and decoded by libpng, core/png.h), grids and scatter plots (see image.h).
+// PNG files (encoded and decoded by libpng, core/io/png.h), grids and scatter plots (see image.h).
 #include "core/image.h"
 
 #include <cstring>
 #include <fmt/format.h>
 #include <stdexcept>
 #include <torch/torch.h>
-#include "core/png.h"
-#include "core/safetensors.h"
+#include "core/io/png.h"
+#include "core/io/safetensors.h"
 
 namespace cm {
 

@@ -1,4 +1,4 @@
-// Pictures for people: PNG files (libpng, see core/png.h), image grids of samples, and scatter plots of
+// Pictures for people: PNG files (libpng, see core/io/png.h), image grids of samples, and scatter plots of
 // 2-D samples over data.
 #pragma once
 #include <string>

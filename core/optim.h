@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 #include <torch/types.h>
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 
 namespace cm {
 

@@ -10,9 +10,9 @@
 #include <utility>
 #include <vector>
 #include "core/data.h"
-#include "core/json.h"
+#include "core/io/json.h"
 #include "core/network.h"
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 
 namespace cm {
 

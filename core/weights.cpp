@@ -8,7 +8,7 @@
 #include <map>
 #include <set>
 #include <torch/torch.h>
-#include "core/torch_import.h"
+#include "core/io/torch_import.h"
 
 namespace cm {
 

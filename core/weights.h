@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 #include <torch/nn/module.h>
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 
 namespace cm {
 

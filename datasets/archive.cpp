@@ -1,4 +1,4 @@
-// Streams over files, gzip, tar, zip and .npy (see archive.h). Zip archives are read with libzip (core/zip.h)
+// Streams over files, gzip, tar, zip and .npy (see archive.h). Zip archives are read with libzip (core/io/zip.h)
 // and gzip with zlib. Still written here, and why:
 // - tar (not part of the change to libraries, which covered zip): the CIFAR-10 converter hands its workers
 //   each member's data offset in the uncompressed stream (TarEntry::data_offset) and reads there through a
@@ -295,7 +295,7 @@ static uint16_t le16(const unsigned char* p) { return uint16_t(p[0] | (p[1] << 8
 ZipArchive::ZipArchive(const std::string& path) : zip_(path, path + ": ") {}
 
 namespace {
-// A member through libzip (core/zip.h), on a libzip handle of its own: it outlives the ZipArchive and
+// A member through libzip (core/io/zip.h), on a libzip handle of its own: it outlives the ZipArchive and
 // may be read from another thread than the archive's other members.
 class ZipMemberStream : public ByteStream {
  public:

@@ -7,7 +7,7 @@
 #include <memory>
 #include <string>
 #include <vector>
-#include "core/zip.h"
+#include "core/io/zip.h"
 
 namespace cm::data {
 
@@ -61,7 +61,7 @@ class TarReader {
 // Entries (files only) of a tar stream, with their data offsets; reads through the whole stream.
 std::vector<TarEntry> list_tar(ByteStream& s);
 
-// Zip archive (for .npz), read with libzip (core/zip.h). Members are read as streams, each on its own
+// Zip archive (for .npz), read with libzip (core/io/zip.h). Members are read as streams, each on its own
 // libzip handle; a fully read member is checked against its CRC32.
 using ZipEntry = cm::ZipMember;
 class ZipArchive {

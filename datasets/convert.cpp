@@ -11,8 +11,8 @@
 #include <thread>
 
 #include "datasets/convert_formats.h"
-#include "datasets/progress.h"
-#include "datasets/thread_pool.h"
+#include "core/util/progress.h"
+#include "core/util/thread_pool.h"
 
 namespace fs = std::filesystem;
 

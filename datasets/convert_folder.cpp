@@ -10,7 +10,7 @@
 #include <set>
 #include <stdexcept>
 
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "datasets/convert_formats.h"
 #include "datasets/image_codec.h"
 #include "datasets/resample.h"

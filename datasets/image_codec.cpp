@@ -1,5 +1,5 @@
 // JPEG / PNG / WebP decoding to Pillow-equal pixels, and PNG encoding (see image_codec.h): libjpeg and
-// libwebp here, libpng through core/png.h. Written here: only the glue to those libraries and Pillow's
+// libwebp here, libpng through core/io/png.h. Written here: only the glue to those libraries and Pillow's
 // colour conversions (RGB -> L, inverted CMYK -> RGB), which none of them gives bit for bit.
 #include "datasets/image_codec.h"
 
@@ -12,7 +12,7 @@
 #include <jpeglib.h>
 #include <jerror.h>
 #include <webp/decode.h>
-#include "core/png.h"
+#include "core/io/png.h"
 
 namespace cm::data {
 
@@ -164,7 +164,7 @@ static Image decode_jpeg(const uint8_t* data, size_t n, const std::string& origi
 }
 
 // ---------------------------------------------------------------------------------------------- PNG
-// libpng through core's one PNG module (core/png.h), with Pillow's transforms and alpha dropped.
+// libpng through core's one PNG module (core/io/png.h), with Pillow's transforms and alpha dropped.
 
 static Image decode_png(const uint8_t* data, size_t n, const std::string& origin) {
   PngPixels p = png_decode(data, n, origin, /*keep_alpha=*/false, kMaxImagePixels);

@@ -20,7 +20,7 @@
 #include "core/compat.h"
 #include "core/config.h"
 #include "core/rng.h"
-#include "datasets/thread_pool.h"
+#include "core/util/thread_pool.h"
 
 namespace fs = std::filesystem;
 

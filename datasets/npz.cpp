@@ -1,5 +1,5 @@
 // .npz writing (see npz.h). The zip records are written here rather than with libzip (which reads every
-// zip in this project, core/zip.h), because libzip lacks two things this writer needs:
+// zip in this project, core/io/zip.h), because libzip lacks two things this writer needs:
 // - forcing the zip64 records for a small file: libzip writes them only past 4 GiB (its force flag,
 //   ZIP_FL_FORCE_ZIP64, is internal), and the test of the layout the > 4 GiB sample sets have
 //   (Sampling.NpzReadsBackInNumpy) cannot write 4 GiB;
@@ -18,7 +18,7 @@
 #include <fmt/format.h>
 #include <stdexcept>
 #include <torch/torch.h>
-#include "core/safetensors.h"  // fsync_directory
+#include "core/io/safetensors.h"  // fsync_directory
 
 namespace cm::data {
 namespace {

@@ -15,8 +15,8 @@
 #include <regex>
 #include <stdexcept>
 
-#include "core/json.h"
-#include "core/safetensors.h"
+#include "core/io/json.h"
+#include "core/io/safetensors.h"
 #include "datasets/h5util.h"
 
 namespace fs = std::filesystem;

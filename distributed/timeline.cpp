@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <fmt/format.h>
-#include "core/json.h"  // json_escape
+#include "core/io/json.h"  // json_escape
 #include "distributed/check.h"
 
 namespace cm::dist {

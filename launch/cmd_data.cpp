@@ -5,7 +5,7 @@
 #include <fstream>
 #include <fmt/format.h>
 
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "datasets/convert.h"
 #include "datasets/inspect.h"
 #include "datasets/loader.h"

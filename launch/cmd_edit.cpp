@@ -5,7 +5,7 @@
 #include <torch/torch.h>
 #include "core/image.h"           // image_grid, write_png
 #include "core/sampler.h"         // consistency_fn, consistency_sample
-#include "datasets/image_sets.h"  // open_image_set: the input images
+#include "recipes/eval/image_sets.h"  // open_image_set: the input images
 #include "datasets/npz.h"         // write_npz
 #include "launch/command.h"
 #include "launch/model_args.h"  // --weights/--ema, --ts/--grid/--sigmas, --labels

@@ -3,10 +3,10 @@
 #include <fstream>
 #include <set>
 #include <torch/torch.h>
-#include "core/fid.h"             // frechet_distance
-#include "core/image_metrics.h"   // inception_score, precision_recall
-#include "core/safetensors.h"     // write_file_atomic
-#include "datasets/image_sets.h"  // open_image_set
+#include "core/metrics/fid.h"             // frechet_distance
+#include "core/metrics/image_metrics.h"   // inception_score, precision_recall
+#include "core/io/safetensors.h"     // write_file_atomic
+#include "recipes/eval/image_sets.h"  // open_image_set
 #include "distributed/communicator.h"  // comm->rank()
 #include "launch/command.h"
 #include "launch/model_args.h"  // run_on_world
@@ -20,7 +20,7 @@ const char* kHelp = R"(Usage: cm eval SAMPLES [--ref REF] [--inception FILE] [--
        cm eval ref-stats DATASET --out STATS.npz [--features] [--inception FILE] [--batch B]
 
 Evaluates the images in SAMPLES against REF:
-  FID        Frechet distance of the Inception pool_3 feature statistics (float64; core/fid.h)
+  FID        Frechet distance of the Inception pool_3 feature statistics (float64; core/metrics/fid.h)
   IS         Inception Score: exp(mean KL(p(y|x) || p(y))) over --splits consecutive parts (mean and std),
              from the probabilities without the output bias, as StyleGAN3 / improved-gan
   precision, recall   improved precision and recall (Kynkaanniemi et al.) as the guided-diffusion evaluator:

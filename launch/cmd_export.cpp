@@ -2,7 +2,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 #include "core/ema.h"
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "launch/command.h"
 #include "recipes/checkpoint.h"
 

@@ -11,7 +11,7 @@
 #include <unistd.h>
 #include <torch/torch.h>
 #include "core/config.h"
-#include "core/json.h"
+#include "core/io/json.h"
 #include "core/lpips.h"
 #include "core/nets/layers.h"  // ShapeOnlyParams
 #include "distributed/guard.h"
@@ -163,20 +163,13 @@ struct WorkPlan {
 WorkPlan plan_work(const Recipe& r, const WorldPlan& w, std::vector<std::string>& problems) {
   WorkPlan p;
   p.per_rank = r.train.batch / w.world;
-  if (r.train.batch % w.world != 0)
-    problems.push_back(fmt::format("train.batch = {} does not divide by the {} ranks (per-rank batch would be {:.2f}); "
-                                   "pick a batch that is a multiple of {} or another world size",
-                                   r.train.batch, w.world, static_cast<double>(r.train.batch) / w.world, w.world));
+  for (auto& problem : batch_split_problems(r.train, w.world)) problems.push_back(problem);
   const int64_t micro = r.train.micro_batches;
-  if (p.per_rank > 0 && p.per_rank % micro != 0)
-    problems.push_back(fmt::format("the per-rank batch {} does not divide into train.micro_batches = {}", p.per_rank, micro));
   p.micro_size = std::max<int64_t>(1, p.per_rank / micro);
   p.stats = measure_model(r.config);
-  const bool cd = r.method.name == "cd";
-  const bool exact_teacher = cd && r.method.teacher == "exact";
-  const bool has_target = r.method.is_consistency() && r.method.name != "ict";
+  const bool has_target = r.method.has_target_network();
   p.lpips = r.method.is_consistency() && r.method.metric == Metric::Lpips;
-  p.copies = (has_target ? 1 : 0) + static_cast<int64_t>(r.train.ema_rates.size()) + (cd && !exact_teacher ? 1 : 0);
+  p.copies = (has_target ? 1 : 0) + static_cast<int64_t>(r.train.ema_rates.size()) + (r.method.learned_teacher() ? 1 : 0);
   p.mem = estimate_memory(p.stats, p.micro_size, p.copies, false);
   p.lpips_bytes = p.lpips ? 4.0 * kLpipsParameters : 0.0;
   p.mem_total = p.mem.total + p.lpips_bytes;
@@ -195,7 +188,7 @@ void check_files(const Recipe& r, std::vector<std::string>& problems) {
     problems.push_back(fmt::format("dataset '{}' not found (no {}/manifest.json): convert it first with `cm data convert` "
                                    "(see the comment in the recipe's dataset config) or set dataset.path",
                                    r.data_path, r.data_path));
-  if (r.method.name == "cd" && r.method.teacher != "exact" && !fs::exists(r.method.teacher))
+  if (r.method.learned_teacher() && !fs::exists(r.method.teacher))
     problems.push_back(fmt::format("CD teacher '{}' not found: train one with the matching *_edm recipe or download the "
                                    "released EDM checkpoint, then set method.teacher",
                                    r.method.teacher));

@@ -7,8 +7,8 @@
 #include <fstream>
 #include <map>
 #include <set>
-#include "core/json.h"
-#include "core/safetensors.h"  // read_file, write_file_atomic
+#include "core/io/json.h"
+#include "core/io/safetensors.h"  // read_file, write_file_atomic
 #include "launch/command.h"
 
 namespace fs = std::filesystem;

@@ -4,8 +4,8 @@
 #include <fmt/format.h>
 #include <limits>
 #include <torch/torch.h>
-#include "core/fid.h"                  // frechet_distance
-#include "core/safetensors.h"          // write_file_atomic
+#include "core/metrics/fid.h"                  // frechet_distance
+#include "core/io/safetensors.h"          // write_file_atomic
 #include "core/sampler.h"              // ts_to_sigmas
 #include "distributed/communicator.h"  // comm->rank()
 #include "launch/command.h"

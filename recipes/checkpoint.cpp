@@ -12,7 +12,7 @@
 #include <torch/torch.h>
 #include "source_revision.h"  // generated: git describe of the build
 #include "core/ema.h"
-#include "core/json.h"
+#include "core/io/json.h"
 #include "core/optim.h"
 #include "core/precision.h"
 #include "distributed/communicator.h"

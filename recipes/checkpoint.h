@@ -9,7 +9,7 @@
 //   optimizer.safetensors    the moments and the step count of Adam/RAdam
 //   state.json               step, images seen, data cursor, world size, global batch, config hash
 //   config.toml              the resolved config it was trained with
-//   COMMIT                   the marker, written last (core/checkpoint_dir.h)
+//   COMMIT                   the marker, written last (core/io/checkpoint_dir.h)
 // and nothing else is needed: every random draw of step k is derived from (seed, k[, rank]) (core/rng.h),
 // so there is no generator state to save on any rank, and a resumed run draws exactly what an
 // uninterrupted one would; the CT/iCT curriculum N(k), mu(k) is a function of the step; the data stream
@@ -38,7 +38,7 @@
 #include <optional>
 #include <string>
 #include <vector>
-#include "core/checkpoint_dir.h"
+#include "core/io/checkpoint_dir.h"
 #include "core/ema.h"  // ema_file_name
 #include "core/train_state.h"
 #include "recipes/recipe.h"

@@ -8,11 +8,11 @@
 #include <stdexcept>
 #include <torch/script.h>  // torch::jit::load: the feature network is TorchScript
 #include <torch/torch.h>
-#include "core/sha256.h"           // names the feature network file
-#include "datasets/image_sets.h"  // npz / dataset / folder images, npz arrays
+#include "core/io/sha256.h"           // names the feature network file
+#include "recipes/eval/image_sets.h"  // npz / dataset / folder images, npz arrays
 #include "datasets/npz.h"         // write_npz
-#include "datasets/progress.h"    // progress line with ETA
-#include "datasets/ref_stats.h"   // mu, sigma of published .npz files
+#include "core/util/progress.h"    // progress line with ETA
+#include "recipes/eval/ref_stats.h"   // mu, sigma of published .npz files
 #include "distributed/communicator.h"  // all_gather of each round's features
 #include "recipes/sampling.h"         // shard_range, round_range
 

@@ -1,5 +1,5 @@
 // Evaluation of image sets (`cm eval`): features from a user-supplied TorchScript Inception, then FID
-// (core/fid.h), Inception Score and precision / recall (core/image_metrics.h).
+// (core/metrics/fid.h), Inception Score and precision / recall (core/metrics/image_metrics.h).
 //
 // The feature network is the TorchScript translation of TensorFlow's inception-2015-12-05 graph that
 // StyleGAN2-ADA (PyTorch) published as metrics/inception-2015-12-05.pt
@@ -17,7 +17,7 @@
 #include <memory>
 #include <string>
 #include <torch/types.h>
-#include "core/fid.h"
+#include "core/metrics/fid.h"
 
 namespace cm::data {
 class ImageSet;

@@ -9,7 +9,7 @@
 #include <torch/types.h>
 #include "core/parameterization.h"
 #include "core/rng.h"
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "core/objective.h"
 #include "recipes/recipe.h"
 

@@ -8,13 +8,13 @@
 #include <filesystem>
 #include <torch/torch.h>
 #include "source_revision.h"  // generated: git describe of the build
-#include "core/checkpoint_dir.h"       // write_file_atomic
-#include "core/fid.h"
+#include "core/io/checkpoint_dir.h"       // write_file_atomic
+#include "core/metrics/fid.h"
 #include "core/image.h"
 #include "core/rng.h"
 #include "core/rng_streams.h"
 #include "core/weights.h"
-#include "datasets/image_sets.h"       // npz_has: is eval.ref a statistics file
+#include "recipes/eval/image_sets.h"       // npz_has: is eval.ref a statistics file
 #include "distributed/communicator.h"
 #include "recipes/evaluation.h"        // in-training FID: Inception features over all ranks
 #include "recipes/sampling.h"          // per-sample noise and labels of the sample pictures

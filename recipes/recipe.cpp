@@ -5,7 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fmt/format.h>
-#include "core/checkpoint_dir.h"
+#include "core/io/checkpoint_dir.h"
 #include "core/network.h"
 #include "datasets/loader.h"
 #include "datasets/toy2d.h"

@@ -46,7 +46,7 @@ struct DebugConfig {
   // that rank's loss is multiplied by inf (so its gradients, and after the all-reduce everybody's, are
   // not finite) at steps [nonfinite_step, nonfinite_step + nonfinite_steps); rank -2 = every rank
   int64_t nonfinite_rank = -1, nonfinite_step = -1, nonfinite_steps = 1;
-  std::string ckpt_crash_at;                // SIGKILL during a checkpoint commit at this phase (core/checkpoint_dir.h)
+  std::string ckpt_crash_at;                // SIGKILL during a checkpoint commit at this phase (core/io/checkpoint_dir.h)
   int64_t ckpt_fail_after_bytes = -1;       // a checkpoint commit fails with ENOSPC after this many bytes
   int64_t ckpt_fault_step = -1;             // the two checkpoint faults hit the checkpoint of this step (-1: every one)
 };

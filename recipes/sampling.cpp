@@ -10,7 +10,7 @@
 #include "core/rng_streams.h"
 #include "core/sampler.h"              // consistency_sample
 #include "datasets/npz.h"              // write_npz
-#include "datasets/progress.h"         // progress line with ETA
+#include "core/util/progress.h"         // progress line with ETA
 #include "distributed/communicator.h"  // all_gather of each round
 #include "recipes/recipe.h"              // recipe_model_shape
 

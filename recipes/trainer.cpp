@@ -12,7 +12,7 @@
 #include "core/rng.h"
 #include "core/rng_streams.h"
 #include "distributed/communicator.h"  // the rank's device
-#include "distributed/consistency.h"   // check_same_on_all_ranks
+#include "distributed/rank_checksums.h"   // check_same_on_all_ranks
 #include "distributed/guard.h"         // set_step: the step named by watchdog and abort messages
 #include "distributed/preemption.h"    // a stop request that came after the last step
 #include "distributed/reducer.h"       // bucketed, overlapped gradient averaging

@@ -6,7 +6,7 @@
 
 #include <filesystem>
 #include <fmt/format.h>
-#include "core/json.h"
+#include "core/io/json.h"
 #include "support/files.h"
 #include "support/mpi_launch.h"
 #include "support/paths.h"

@@ -10,8 +10,8 @@
 
 #include <filesystem>
 #include <fstream>
-#include "core/checkpoint_dir.h"
-#include "core/safetensors.h"
+#include "core/io/checkpoint_dir.h"
+#include "core/io/safetensors.h"
 #include "datasets/shards.h"
 #include "distributed/preemption.h"
 #include "recipes/checkpoint.h"

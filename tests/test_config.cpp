@@ -5,7 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include "core/config.h"
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "datasets/archive.h"  // the .npz cm sample writes
 #include "recipes/recipe.h"
 #include "support/paths.h"

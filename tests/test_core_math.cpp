@@ -13,7 +13,7 @@
 #include "core/parameterization.h"
 #include "core/rng.h"
 #include "core/sampler.h"
-#include "core/sha256.h"
+#include "core/io/sha256.h"
 #include "datasets/toy2d.h"
 #include "support/paths.h"
 
@@ -286,7 +286,7 @@ TEST(Sampler, MultistepNoiseScales) {
   EXPECT_THROW(consistency_sample(identity, {2.0, 3.0}, noise, r, {}), std::invalid_argument);
 }
 
-// SHA-256 (core/sha256.h) on the FIPS 180-4 / NIST test vectors, fed in one piece and in odd pieces, and
+// SHA-256 (core/io/sha256.h) on the FIPS 180-4 / NIST test vectors, fed in one piece and in odd pieces, and
 // a file against coreutils' sha256sum.
 TEST(Sha256, KnownVectorsStreamingAndFiles) {
   EXPECT_EQ(sha256_hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");

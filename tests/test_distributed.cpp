@@ -11,7 +11,7 @@
 #include "core/config.h"
 #include "distributed/check.h"
 #include "distributed/communicator.h"
-#include "distributed/consistency.h"
+#include "distributed/rank_checksums.h"
 #include "distributed/options.h"
 #include "distributed/reducer.h"
 #include "distributed/synthetic.h"

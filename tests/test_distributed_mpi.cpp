@@ -18,7 +18,7 @@
 #include <torch/torch.h>
 #include "distributed/check.h"
 #include "distributed/communicator.h"
-#include "distributed/consistency.h"
+#include "distributed/rank_checksums.h"
 #include "distributed/guard.h"
 #include "distributed/reducer.h"
 #include "distributed/synthetic.h"

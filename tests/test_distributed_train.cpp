@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "support/files.h"
 #include "support/mpi_launch.h"
 #include "support/paths.h"

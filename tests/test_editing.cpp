@@ -6,9 +6,9 @@
 
 #include <filesystem>
 #include "core/image.h"
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "core/weights.h"
-#include "datasets/image_sets.h"
+#include "recipes/eval/image_sets.h"
 #include "recipes/editing.h"
 #include "recipes/recipe.h"
 #include "recipes/sampling.h"

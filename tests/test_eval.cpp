@@ -11,13 +11,13 @@
 
 #include <filesystem>
 #include <fstream>
-#include "core/fid.h"
-#include "core/image_metrics.h"
-#include "core/json.h"
+#include "core/metrics/fid.h"
+#include "core/metrics/image_metrics.h"
+#include "core/io/json.h"
 #include "core/rng.h"
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "datasets/image_codec.h"
-#include "datasets/image_sets.h"
+#include "recipes/eval/image_sets.h"
 #include "datasets/npz.h"
 #include "datasets/shards.h"
 #include "support/mpi_launch.h"

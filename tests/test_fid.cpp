@@ -1,4 +1,4 @@
-// FID math (core/fid.h) and reference-statistics files (datasets/ref_stats.h): closed forms, a set against
+// FID math (core/metrics/fid.h) and reference-statistics files (recipes/eval/ref_stats.h): closed forms, a set against
 // itself, streaming accumulation, near-singular covariances against an independent numpy computation, and
 // .npz files laid out as the published VIRTUAL_*.npz and EDM statistics.
 #include <gtest/gtest.h>
@@ -8,8 +8,8 @@
 #include <filesystem>
 #include <fstream>
 #include <torch/torch.h>
-#include "core/fid.h"
-#include "datasets/ref_stats.h"
+#include "core/metrics/fid.h"
+#include "recipes/eval/ref_stats.h"
 #include "support/paths.h"
 
 using namespace cm;

@@ -11,7 +11,7 @@
 #include "core/config.h"
 #include "core/ema.h"
 #include "core/karras.h"
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "core/weights.h"
 #include "recipes/objectives.h"
 #include "recipes/recipe.h"

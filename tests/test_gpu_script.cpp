@@ -22,9 +22,9 @@
 #include <thread>
 #include <ATen/Context.h>
 #include "core/config.h"
-#include "core/json.h"
+#include "core/io/json.h"
 #include "core/network.h"
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "core/weights.h"
 #include "distributed/communicator.h"
 #include "distributed/guard.h"

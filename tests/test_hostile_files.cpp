@@ -13,12 +13,12 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include "core/checkpoint_dir.h"
-#include "core/json.h"
-#include "core/safetensors.h"
-#include "core/torch_import.h"
+#include "core/io/checkpoint_dir.h"
+#include "core/io/json.h"
+#include "core/io/safetensors.h"
+#include "core/io/torch_import.h"
 #include "datasets/archive.h"
-#include "datasets/image_sets.h"
+#include "recipes/eval/image_sets.h"
 #include "datasets/shards.h"
 #include "support/files.h"
 #include "support/paths.h"

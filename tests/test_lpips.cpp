@@ -6,7 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include "core/lpips.h"
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "core/weights.h"
 #include "support/paths.h"
 

@@ -10,8 +10,8 @@
 #include "core/config.h"
 #include "core/nets/layers.h"
 #include "core/network.h"
-#include "core/safetensors.h"
-#include "core/torch_import.h"
+#include "core/io/safetensors.h"
+#include "core/io/torch_import.h"
 #include "core/weights.h"
 #include "support/paths.h"
 

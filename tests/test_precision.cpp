@@ -13,10 +13,10 @@
 #include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
-#include "core/checkpoint_dir.h"
-#include "core/json.h"
+#include "core/io/checkpoint_dir.h"
+#include "core/io/json.h"
 #include "core/precision.h"
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "support/cm_run.h"
 #include "support/files.h"
 #include "support/mpi_launch.h"

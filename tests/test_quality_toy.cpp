@@ -9,7 +9,7 @@
 #include "core/distance.h"
 #include "core/ode.h"
 #include "core/rng.h"
-#include "datasets/image_sets.h"  // read_npz_tensor: cm sample's output
+#include "recipes/eval/image_sets.h"  // read_npz_tensor: cm sample's output
 #include "datasets/toy2d.h"
 #include "recipes/observers.h"  // add_standard_observers
 #include "recipes/trainer.h"

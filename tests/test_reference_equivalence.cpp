@@ -15,7 +15,7 @@
 #include "core/karras.h"
 #include "core/optim.h"
 #include "core/rng.h"
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "core/weights.h"
 #include "recipes/objectives.h"
 #include "recipes/recipe.h"

@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include "core/image.h"
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "support/paths.h"
 
 using namespace cm;

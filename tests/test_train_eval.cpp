@@ -7,11 +7,11 @@
 
 #include <filesystem>
 #include <fstream>
-#include "core/json.h"
+#include "core/io/json.h"
 #include "core/rng.h"
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "datasets/image_codec.h"
-#include "datasets/image_sets.h"
+#include "recipes/eval/image_sets.h"
 #include "datasets/shards.h"
 #include "support/datasets_fixtures.h"
 #include "support/mpi_launch.h"

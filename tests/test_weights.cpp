@@ -7,8 +7,8 @@
 #include <fstream>
 #include "core/config.h"
 #include "core/network.h"
-#include "core/safetensors.h"
-#include "core/torch_import.h"
+#include "core/io/safetensors.h"
+#include "core/io/torch_import.h"
 #include "core/weights.h"
 #include "support/files.h"
 #include "support/paths.h"

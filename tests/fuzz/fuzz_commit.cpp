@@ -1,8 +1,8 @@
-// Checkpoint COMMIT markers (core/checkpoint_dir.cpp verify_checkpoint): the input is the marker of
+// Checkpoint COMMIT markers (core/io/checkpoint_dir.cpp verify_checkpoint): the input is the marker of
 // run/checkpoints/step_00000001, a directory that also holds one small file "a.bin".
 #include <filesystem>
 #include <stdexcept>
-#include "core/checkpoint_dir.h"
+#include "core/io/checkpoint_dir.h"
 #include "fuzz_common.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -1,6 +1,6 @@
-// JSON reader (core/json.cpp): safetensors headers, manifests, COMMIT markers, metrics lines.
+// JSON reader (core/io/json.cpp): safetensors headers, manifests, COMMIT markers, metrics lines.
 #include <stdexcept>
-#include "core/json.h"
+#include "core/io/json.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

@@ -1,7 +1,7 @@
-// Safetensors header and data (core/safetensors.cpp parse_safetensors): the weights and checkpoint format.
+// Safetensors header and data (core/io/safetensors.cpp parse_safetensors): the weights and checkpoint format.
 #include <stdexcept>
 #include <torch/torch.h>
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

@@ -1,7 +1,7 @@
-// PyTorch zip-format .pt importer (core/torch_import.cpp): zip directory, pickle machine, storages.
+// PyTorch zip-format .pt importer (core/io/torch_import.cpp): zip directory, pickle machine, storages.
 #include <stdexcept>
 #include <torch/torch.h>
-#include "core/torch_import.h"
+#include "core/io/torch_import.h"
 #include "fuzz_common.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -18,7 +18,7 @@
 #include <torch/torch.h>
 
 #include "core/rng.h"
-#include "core/safetensors.h"  // read_file
+#include "core/io/safetensors.h"  // read_file
 #include "datasets/shards.h"
 #include "support/files.h"
 #include "support/paths.h"

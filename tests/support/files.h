@@ -9,7 +9,7 @@
 
 namespace cm::test {
 
-// The whole file (binary); "" when it cannot be read. (core/safetensors.h has cm::read_file, which throws.)
+// The whole file (binary); "" when it cannot be read. (core/io/safetensors.h has cm::read_file, which throws.)
 inline std::string read_text(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(f), {});

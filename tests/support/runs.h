@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <string>
 #include <vector>
-#include "core/checkpoint_dir.h"
-#include "core/safetensors.h"
+#include "core/io/checkpoint_dir.h"
+#include "core/io/safetensors.h"
 
 namespace cm::test {
 

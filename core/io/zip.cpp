@@ -1,6 +1,6 @@
 // Zip reading on libzip (see zip.h). Written here: the checks of untrusted sizes before allocation and the
 // end-of-member check (libzip checks the CRC32 only when a read finds the end, so one more read is made).
-#include "core/zip.h"
+#include "core/io/zip.h"
 
 #include <sys/stat.h>
 #include <zip.h>

@@ -1,5 +1,5 @@
 // Checkpoint directories: commit protocol and verification (see checkpoint_dir.h).
-#include "core/checkpoint_dir.h"
+#include "core/io/checkpoint_dir.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -15,7 +15,7 @@
 #include <filesystem>
 #include <stdexcept>
 #include <torch/torch.h>
-#include "core/json.h"
+#include "core/io/json.h"
 
 namespace fs = std::filesystem;
 

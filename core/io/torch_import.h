@@ -14,7 +14,7 @@
 #pragma once
 #include <string>
 #include <vector>
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 
 namespace cm {
 

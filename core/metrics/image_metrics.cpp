@@ -1,5 +1,5 @@
 // Inception Score and improved precision / recall (see image_metrics.h).
-#include "core/image_metrics.h"
+#include "core/metrics/image_metrics.h"
 
 #include <cmath>
 #include <fmt/format.h>

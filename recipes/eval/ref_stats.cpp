@@ -1,4 +1,4 @@
-#include "datasets/ref_stats.h"
+#include "recipes/eval/ref_stats.h"
 
 #include <fmt/format.h>
 #include <algorithm>

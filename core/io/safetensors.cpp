@@ -1,7 +1,7 @@
 // Safetensors reader/writer (see safetensors.h). The JSON header is written and read with nlohmann/json
-// (core/json.h); the file layout around it (8-byte length, data section) is written here, as there is no
+// (core/io/json.h); the file layout around it (8-byte length, data section) is written here, as there is no
 // Debian package of a safetensors library for C++.
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -17,7 +17,7 @@
 #include <stdexcept>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
-#include "core/json.h"
+#include "core/io/json.h"
 
 namespace cm {
 

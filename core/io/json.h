@@ -1,6 +1,6 @@
 // JSON of the project's metadata files (safetensors headers, dataset manifests, checkpoint markers):
 // read with nlohmann/json into this small tree (objects keep their members in file order), and escaped
-// for writing with it too (core/json.cpp).
+// for writing with it too (core/io/json.cpp).
 #pragma once
 #include <cstdint>
 #include <string>

@@ -1,4 +1,4 @@
-#include "core/fid.h"
+#include "core/metrics/fid.h"
 
 #include <fmt/format.h>
 #include <stdexcept>

@@ -17,7 +17,7 @@
 #include <string>
 #include <utility>
 #include <vector>
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 
 namespace cm {
 

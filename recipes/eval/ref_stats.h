@@ -6,7 +6,7 @@
 // Both are numpy .npz archives (zip of .npy files, stored or deflated).
 #pragma once
 #include <string>
-#include "core/fid.h"
+#include "core/metrics/fid.h"
 
 namespace cm::data {
 

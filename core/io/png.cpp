@@ -1,6 +1,6 @@
 // PNG through libpng (see png.h). libpng reports errors through a callback that must not return: it
 // longjmps back to the setjmp of the calling function, so objects with destructors are made before it.
-#include "core/png.h"
+#include "core/io/png.h"
 
 #include <png.h>
 

@@ -1,5 +1,5 @@
 // Image collections for evaluation (see image_sets.h).
-#include "datasets/image_sets.h"
+#include "recipes/eval/image_sets.h"
 
 #include <algorithm>
 #include <cstring>
@@ -7,7 +7,7 @@
 #include <fmt/format.h>
 #include <stdexcept>
 #include <torch/torch.h>
-#include "core/safetensors.h"      // read_file
+#include "core/io/safetensors.h"      // read_file
 #include "datasets/archive.h"      // ZipArchive, read_npy_header
 #include "datasets/image_codec.h"  // decode_image
 #include "datasets/shards.h"       // read_manifest, ShardReader

@@ -1,5 +1,5 @@
 // Progress lines with ETA (see progress.h).
-#include "datasets/progress.h"
+#include "core/util/progress.h"
 
 #include <unistd.h>
 

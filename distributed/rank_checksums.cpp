@@ -1,5 +1,5 @@
-// Cross-rank consistency checks (see consistency.h).
-#include "distributed/consistency.h"
+// Cross-rank consistency checks (see rank_checksums.h).
+#include "distributed/rank_checksums.h"
 
 #include <cstring>
 #include <map>

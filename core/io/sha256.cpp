@@ -1,5 +1,5 @@
 // SHA-256 (see sha256.h) on OpenSSL's libcrypto (Debian libssl-dev): the EVP digest interface.
-#include "core/sha256.h"
+#include "core/io/sha256.h"
 
 #include <openssl/evp.h>
 

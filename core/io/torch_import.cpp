@@ -1,8 +1,8 @@
-// PyTorch zip-format .pt reader (see torch_import.h): the zip container through libzip (core/zip.h), a
+// PyTorch zip-format .pt reader (see torch_import.h): the zip container through libzip (core/io/zip.h), a
 // pickle stack machine, and the storage files. The unpickler is written here because LibTorch 1.13's
 // torch::pickle_load aborts on what torch.save writes for a state dict (an OrderedDict), and a hostile
 // pickle needs the limits below (stack size, nesting, cycles, storage sizes) anyway.
-#include "core/torch_import.h"
+#include "core/io/torch_import.h"
 
 #include <fmt/format.h>
 
@@ -16,14 +16,14 @@
 #include <stdexcept>
 #include <unordered_map>
 #include <torch/torch.h>
-#include "core/zip.h"
+#include "core/io/zip.h"
 
 namespace cm {
 
 namespace {
 
 // ---------------------------------------------------------------------------------------------------
-// Zip container: libzip (core/zip.h), which checks sizes before allocating and the CRC32 after reading.
+// Zip container: libzip (core/io/zip.h), which checks sizes before allocating and the CRC32 after reading.
 
 uint64_t le(const unsigned char* p, int n) {
   uint64_t v = 0;

@@ -2,7 +2,7 @@
 // builds cm::Json directly: the parser is iterative, so the nesting limit below is ours, counted in the
 // handler, and a hostile file nested thousands deep is a clean error, not a stack overflow. What stays
 // here is only the mapping of nlohmann's events and errors to cm::Json and to this project's messages.
-#include "core/json.h"
+#include "core/io/json.h"
 
 #include <cmath>
 #include <cstdint>

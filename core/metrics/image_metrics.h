@@ -1,4 +1,4 @@
-// Sample-quality metrics on feature vectors, besides FID (core/fid.h), as the reference evaluators compute them:
+// Sample-quality metrics on feature vectors, besides FID (core/metrics/fid.h), as the reference evaluators compute them:
 //  - Inception Score (Salimans et al. 2016; StyleGAN3's metrics/inception_score.py, the guided-diffusion
 //    evaluator): the N class-probability rows split into `splits` consecutive parts, per part
 //    exp(mean_i KL(p(y|x_i) || mean_j p(y|x_j))); the mean and (population) standard deviation over parts.
