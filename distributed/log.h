@@ -1,5 +1,5 @@
 // Logging for multi-rank jobs: log0 prints on rank 0 only (every rank with WorldOptions::log_all_ranks),
-// log_all prints on every rank, prefixed "[rank r/W]" when there is more than one rank. Lines are written
+// prefixed "[rank r/W]" when there is more than one rank (log_line(line, true): every rank). Lines are written
 // whole and flushed so that the output of several ranks does not interleave mid-line.
 #pragma once
 #include <fmt/format.h>
@@ -12,10 +12,6 @@ void log_line(const std::string& line, bool every_rank);
 template <typename... A>
 void log0(fmt::format_string<A...> f, A&&... args) {
   log_line(fmt::format(f, std::forward<A>(args)...), false);
-}
-template <typename... A>
-void log_all(fmt::format_string<A...> f, A&&... args) {
-  log_line(fmt::format(f, std::forward<A>(args)...), true);
 }
 
 }  // namespace cm::dist

@@ -47,11 +47,6 @@ void install_preemption_handlers() {
 
 int preemption_signal() { return g_signal.load(); }
 
-void request_preemption(int sig) {
-  int expected = 0;
-  g_signal.compare_exchange_strong(expected, sig);
-}
-
 int agree_on_preemption(dist::Communicator* comm) {
   const int local = g_signal.load();
   if (!comm || comm->size() <= 1) return local;

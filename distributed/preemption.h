@@ -30,8 +30,6 @@ int preemption_signal();
 // Collective when comm has more than one rank (every rank must call it at the same step): the first
 // signal number this rank received, -1 when only other ranks received one, 0 when no rank did.
 int agree_on_preemption(dist::Communicator* comm);
-// For tests: behave as if `sig` had been received.
-void request_preemption(int sig);
 const char* signal_name(int sig);
 
 }  // namespace cm

@@ -58,12 +58,6 @@ uint64_t tensors_checksum(const std::vector<torch::Tensor>& tensors) {
   return h;
 }
 
-std::vector<torch::Tensor> module_tensors(const torch::nn::Module& module) {
-  std::vector<torch::Tensor> out = module.parameters();
-  for (auto& b : module.buffers()) out.push_back(b);
-  return out;
-}
-
 void check_same_on_all_ranks(const std::vector<NamedTensors>& sets, int64_t step) {
   std::string mine;
   for (auto& [name, tensors] : sets) mine += fmt::format("{:016x} ", tensors_checksum(tensors));

@@ -22,8 +22,6 @@ namespace cm::dist {
 // Checksum of dtype, shape and bytes of each tensor, in order (a 64-bit multiply-rotate hash, not
 // cryptographic). Equal tensors give equal sums on every machine; one flipped bit changes the sum.
 uint64_t tensors_checksum(const std::vector<torch::Tensor>& tensors);
-// Parameters then buffers of a module, in registration order.
-std::vector<torch::Tensor> module_tensors(const torch::nn::Module& module);
 
 using NamedTensors = std::pair<std::string, std::vector<torch::Tensor>>;
 void check_same_on_all_ranks(const std::vector<NamedTensors>& sets, int64_t step);

@@ -95,7 +95,6 @@ class GradReducer : public cm::GradSync {
   torch::Tensor bucket_tensor(size_t b) const;  // the flat storage of bucket b
   // Buckets launched from autograd hooks (i.e. overlapped with backward) in the last finished step.
   size_t launched_during_backward() const;
-  const std::shared_ptr<Communicator>& communicator() const { return comm_; }
 
   struct State;
 

@@ -29,6 +29,7 @@
 #include "distributed/communicator.h"
 #include "distributed/guard.h"
 #include "distributed/reducer.h"
+#include "support/errors.h"
 #include "distributed/synthetic.h"
 #include "distributed/world.h"
 #include "support/paths.h"
@@ -189,15 +190,7 @@ double cuda_fixture_error(const std::string& model, const ModelShape& shape, con
   return (out.to(torch::kDouble) - want.to(torch::kDouble)).abs().max().item<double>();
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "<no exception>";
-}
+using test::error_of;
 
 }  // namespace
 
