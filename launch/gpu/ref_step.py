@@ -186,12 +186,20 @@ IMAGENET64 = dict(attention_resolutions="32,16,8", class_cond=True, use_scale_sh
 
 SMALL = dict(num_channels=32, num_head_channels=16, num_res_blocks=1, attention_resolutions="16")  # --small: tests
 
+# --config cpu32: the CPU comparison of the precision issue (README "The training step against the reference"):
+# ADM 64 channels, 2 blocks, multipliers 1,2,2, attention at 16 and 8 with 32 channels per head, scale-shift
+# norm, residual up/down, unconditional, dropout 0, 32x32x3, CT with l2, RAdam 4e-4, a target EMA.
+CPU32 = dict(image_size=32, num_channels=64, num_res_blocks=2, channel_mult="1,2,2", attention_resolutions="16,8",
+             num_head_channels=32, class_cond=False, use_scale_shift_norm=True, resblock_updown=True, dropout=0.0)
 
-def model_kwargs(script_util, use_fp16, distillation, small=False):
+
+def model_kwargs(script_util, use_fp16, distillation, small=False, config="imagenet64"):
     kw = script_util.model_and_diffusion_defaults()
     kw.update(IMAGENET64)
     if small:
         kw.update(SMALL)
+    if config == "cpu32":
+        kw.update(CPU32)
     kw["use_fp16"] = use_fp16
     kw["distillation"] = distillation
     return kw
@@ -237,8 +245,11 @@ def bench(args):
     logger.configure(dir=args.logdir, format_strs=["log"])
     dev = th.device(args.device)
     sync = th.cuda.synchronize if cuda else (lambda: None)
-    kw = model_kwargs(script_util, use_fp16, True, args.small)
+    kw = model_kwargs(script_util, use_fp16, True, args.small, args.config)
     model, diffusion = script_util.create_model_and_diffusion(**kw)
+    cpu32 = args.config == "cpu32"
+    if cpu32:
+        diffusion.loss_norm = "l2"
     model.to(dev)
     model.train()
     if use_fp16:
@@ -255,8 +266,8 @@ def bench(args):
         total_steps=800000, distill_steps_per_iter=50000)
     loop = CMTrainLoop(model=model, target_model=target, teacher_model=None, teacher_diffusion=None,
                        training_mode="consistency_training", ema_scale_fn=ema_scale_fn, total_training_steps=800000,
-                       diffusion=diffusion, data=None, batch_size=args.batch, microbatch=-1, lr=1e-4,
-                       ema_rate="0.999,0.9999,0.9999432189950708", log_interval=10**9, save_interval=-1,
+                       diffusion=diffusion, data=None, batch_size=args.batch, microbatch=-1, lr=4e-4 if cpu32 else 1e-4,
+                       ema_rate="0.9999" if cpu32 else "0.999,0.9999,0.9999432189950708", log_interval=10**9, save_interval=-1,
                        resume_checkpoint="", use_fp16=use_fp16, fp16_scale_growth=1e-3, schedule_sampler=None,
                        weight_decay=0.0, lr_anneal_steps=0)
     if not use_fp16:
@@ -272,10 +283,11 @@ def bench(args):
 
         loop._update_target_ema = update_target_ema
     gen = th.Generator().manual_seed(1234)
-    batch = th.rand(args.batch, 3, 64, 64, generator=gen) * 2 - 1
-    cond = {"y": th.randint(1000, (args.batch,), generator=gen)}
+    res = kw["image_size"]
+    batch = th.rand(args.batch, 3, res, res, generator=gen) * 2 - 1
+    cond = {} if cpu32 else {"y": th.randint(1000, (args.batch,), generator=gen)}
     if cuda:
-        batch, cond = batch.pin_memory(), {"y": cond["y"].pin_memory()}
+        batch, cond = batch.pin_memory(), {k: v.pin_memory() for k, v in cond.items()}
     times = []
     for i in range(args.warmup + args.steps):
         sync()
@@ -286,13 +298,13 @@ def bench(args):
             times.append(time.perf_counter() - t0)
     mean = sum(times) / len(times)
     peak = th.cuda.max_memory_allocated() / 1e9 if cuda else -1.0
-    out = {"recipe": "reference:imagenet64_ct" + ("(small)" if args.small else ""), "precision": args.precision,
+    out = {"recipe": "reference:" + ("cpu32_ct" if cpu32 else "imagenet64_ct") + ("(small)" if args.small else ""), "precision": args.precision,
            "device": "cuda:0" if cuda else "cpu", "gpu": th.cuda.get_device_name(0) if cuda else "", "ranks": 1, "batch_per_rank": args.batch, "step_s": mean,
            "step_s_min": min(times), "images_per_s_rank": args.batch / mean, "images_per_s_job": args.batch / mean,
            "peak_memory_gb": peak, "torch": th.__version__,
            "parameters": sum(p.numel() for p in model.parameters())}
-    print("reference CT step, ImageNet-64 ADM, %s, batch %d: %.4f s mean (min %.4f), %.1f images/s, peak %.2f GB"
-          % (args.precision, args.batch, mean, min(times), args.batch / mean, peak))
+    print("reference CT step, %s ADM, %s, batch %d: %.4f s mean (min %.4f), %.1f images/s, peak %.2f GB"
+          % ("32px CPU-comparison" if cpu32 else "ImageNet-64", args.precision, args.batch, mean, min(times), args.batch / mean, peak))
     if args.json:
         with open(args.json, "w") as f:
             f.write(json.dumps(out) + "\n")
@@ -310,11 +322,17 @@ def main():
     ap.add_argument("--write-teacher", default="", help="write a random teacher (.safetensors, else torch.save) and exit")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a test of this script, not a timing")
     ap.add_argument("--small", action="store_true", help="a small ADM (tests of this script)")
+    ap.add_argument("--config", choices=["imagenet64", "cpu32"], default="imagenet64",
+                    help="cpu32: the 32x32 unconditional ADM of the CPU step comparison (l2, lr 4e-4)")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     args = ap.parse_args()
     if not os.path.isdir(os.path.join(args.reference, "cm")):
         sys.exit("ref_step: no cm/ package in %s" % args.reference)
     sys.path.insert(0, os.path.abspath(args.reference))
     install_stubs()
+    if args.threads > 0:
+        import torch as th
+        th.set_num_threads(args.threads)
     if args.write_teacher:
         write_teacher(args.write_teacher)
     else:
