@@ -192,18 +192,32 @@ void Trainer::check_nonfinite(int64_t step, const StepOutcome& out) {
 
 // The student, the target and every sampling EMA must be bit-identical on all ranks: each rank updates
 // them locally from identical averaged gradients. A fingerprint per rank proves it cheaply.
-void check_ranks_identical(const RunContext& run, int64_t step) {
-  if (run.options.world <= 1) return;
+static std::vector<dist::NamedTensors> rank_identical_sets(const RunContext& run) {
   std::vector<dist::NamedTensors> sets = {{"student", run.objective.student()->parameters()}};
   std::vector<torch::Tensor> target;
   for (auto& [n, t] : run.emas.target_state()) target.push_back(t);
   sets.emplace_back("target", target);
   const auto& emas = run.emas.sampling();
   for (size_t i = 0; i < emas.rates().size(); ++i) sets.emplace_back("ema " + SamplingEmas::rate_name(emas.rates()[i]), emas.weights(i));
-  // Throws on every rank, naming the step, the set that differs and which ranks agree with which.
-  dist::check_same_on_all_ranks(sets, step);
+  return sets;
+}
+
+static void print_ranks_identical(const RunContext& run, int64_t step) {
   if (run.is_main() && !run.options.quiet)
     fmt::print("cross-rank check at step {}: student, target and EMAs identical on all {} ranks\n", step, run.options.world);
+}
+
+// Throws on every rank, naming the step, the set that differs and which ranks agree with which.
+static void check_ranks_identical(const RunContext& run, int64_t step) {
+  if (run.options.world <= 1) return;
+  dist::check_same_on_all_ranks(rank_identical_sets(run), step);
+  print_ranks_identical(run, step);
+}
+
+// train.check_every during the run (the end is always checked, by finish()).
+static void periodic_rank_check(const RunContext& run, int64_t done) {
+  if (run.options.world <= 1 || run.recipe.train.check_every <= 0 || done >= run.recipe.train.steps) return;
+  if (dist::ConsistencyCheck(run.recipe.train.check_every).maybe(done, rank_identical_sets(run))) print_ranks_identical(run, done);
 }
 
 std::map<std::string, double> Trainer::evaluate_quality() {
@@ -247,7 +261,7 @@ TrainResult Trainer::run() {
     if (out.applied) last_loss_ = out.loss;
     else check_nonfinite(step + 1, out);
     for (auto& o : observers_) o->after_step(ctx, step + 1, out);
-    if (tc.check_every > 0 && (step + 1) % tc.check_every == 0 && step + 1 < tc.steps) check_ranks_identical(ctx, step + 1);
+    periodic_rank_check(ctx, step + 1);
     // Saves when due; on SIGTERM/SIGUSR1 (agreed by all ranks) the checkpoint of this step is committed and the run stops.
     if (int sig = checkpoints_->step_end(step + 1)) return stopped(step + 1, sig);
   }
