@@ -74,7 +74,6 @@ class ProgressLog : public TrainObserver {
  public:
   explicit ProgressLog(std::shared_ptr<MetricsFile> m) : metrics_(std::move(m)) {}
   void on_start(RunContext& run) override {
-    t_last_ = run.t0;
     last_logged_step_ = run.start_step;
     if (!run.is_main() || run.options.quiet) return;
     const Recipe& r = run.recipe;
@@ -89,6 +88,7 @@ class ProgressLog : public TrainObserver {
       loss_accum_ += out.loss;
       ++loss_count_;
     }
+    if (done == run.start_step + 1) t_last_ = run.t0;  // the first step of this process: from the run's start
     const auto& tc = run.recipe.train;
     const bool due = done % tc.log_every == 0 || done == tc.steps;
     if (!due || !run.is_main()) return;

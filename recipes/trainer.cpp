@@ -139,18 +139,17 @@ void Trainer::build_parts() {
   objective_ = make_objective(recipe_, deps);
   objective_->to(device_);
   objective_->student()->train();
-  Objective* obj = objective_.get();
-  emas_ = std::make_unique<EmaSet>(objective_->student(), objective_->target(), [obj](int64_t k) { return obj->target_ema(k); },
-                                   tc.ema_rates);
   if (opt_.world > 1) {
     if (!opt_.comm) throw std::logic_error("Trainer: world > 1 needs a communicator");
     // Checks the parameter shapes on all ranks (naming any that differs), broadcasts rank 0's parameters
     // and buffers, and hooks the buckets' all-reduces into backward.
     reducer_ = dist::GradReducer::for_module(opt_.comm, *objective_->student(), recipe_.dist.reducer());
-    emas_ = std::make_unique<EmaSet>(objective_->student(), objective_->target(), [obj](int64_t k) { return obj->target_ema(k); },
-                                     tc.ema_rates);  // theta- and the sampling EMAs start from rank 0's parameters
-    emas_->reset_target();
   }
+  // The sampling EMAs (and theta-, below) start from the parameters every rank now has.
+  Objective* obj = objective_.get();
+  emas_ = std::make_unique<EmaSet>(objective_->student(), objective_->target(), [obj](int64_t k) { return obj->target_ema(k); },
+                                   tc.ema_rates);
+  if (opt_.world > 1) emas_->reset_target();
   optimizer_ = std::make_unique<Optimizer>(objective_->student()->parameters(), tc.optimizer);
   if (!recipe_.dist.trace_dir.empty()) fs::create_directories(recipe_.dist.trace_dir);
   timeline_ = std::make_unique<dist::Timeline>(recipe_.dist.trace_path(static_cast<int>(opt_.rank)), static_cast<int>(opt_.rank));
@@ -251,9 +250,8 @@ TrainResult Trainer::run() {
   RunContext ctx{recipe_, opt_, device_, *data_, *objective_, *emas_, scaler_};
   ctx.start_step = checkpoints_->resume();
   if (ctx.start_step > 0) check_ranks_identical(ctx, ctx.start_step);
-  ctx.t0 = std::chrono::steady_clock::now();
   for (auto& o : observers_) o->on_start(ctx);
-  ctx.t0 = std::chrono::steady_clock::now();
+  ctx.t0 = std::chrono::steady_clock::now();  // after the observers' set-up (reference statistics for FID)
   if (int sig = checkpoints_->stop_if_requested(ctx.start_step)) return stopped(ctx.start_step, sig);  // asked to stop while starting up
   for (int64_t step = ctx.start_step; step < tc.steps; ++step) {
     dist::set_step(step);  // the step named by watchdog and abort messages
