@@ -1,6 +1,8 @@
 // EMAs (see ema.h).
 #include "core/ema.h"
 
+#include <unordered_map>
+
 #include <fmt/format.h>
 #include <torch/torch.h>
 #include "core/weights.h"
@@ -44,12 +46,32 @@ std::string SamplingEmas::rate_name(double rate) {
 
 std::string ema_file_name(double rate) { return fmt::format("ema_{}.safetensors", SamplingEmas::rate_name(rate)); }
 
+namespace {
+
+// For each entry of state_dict(student): the index of its parameter in student.parameters(), or -1 for a
+// buffer. PyTorch's state-dict order interleaves them module by module (a module's parameters, its buffers,
+// then its children), so an entry's position says nothing about which parameter it is: match by identity.
+std::vector<int64_t> parameter_index_of_entries(const torch::nn::Module& student) {
+  std::unordered_map<const void*, int64_t> index;
+  const auto params = student.parameters();
+  for (size_t i = 0; i < params.size(); ++i) index.emplace(params[i].unsafeGetTensorImpl(), static_cast<int64_t>(i));
+  std::vector<int64_t> out;
+  for (auto& [n, v] : state_dict(student)) {
+    auto it = index.find(v.unsafeGetTensorImpl());
+    out.push_back(it == index.end() ? -1 : it->second);
+  }
+  return out;
+}
+
+}  // namespace
+
 NamedTensors ema_state(const torch::nn::Module& student, const std::vector<torch::Tensor>& ema) {
   NamedTensors out;
+  const auto which = parameter_index_of_entries(student);
   size_t k = 0;
   for (auto& [n, v] : state_dict(student)) {
-    out.emplace_back(n, k < ema.size() ? ema[k] : v);
-    ++k;
+    const int64_t i = which[k++];
+    out.emplace_back(n, i >= 0 && static_cast<size_t>(i) < ema.size() ? ema[static_cast<size_t>(i)] : v);
   }
   return out;
 }
@@ -101,20 +123,43 @@ void EmaSet::restore(const StateReader& r) {
       t.copy_(*v);
     }
   }
-  // An EMA file repeats the student's buffers after the EMA's parameters: only the parameters are read.
-  const auto params = student_->parameters();
+  // An EMA file repeats the student's buffers beside the EMA's parameters: only the parameters are read.
+  const auto which = parameter_index_of_entries(*student_);
+  const NamedTensors entries = state_dict(*student_);
   std::vector<std::string> buffer_names;
-  size_t k = 0;
-  for (auto& [n, v] : state_dict(*student_))
-    if (k++ >= params.size()) buffer_names.push_back(n);
+  for (size_t k = 0; k < entries.size(); ++k)
+    if (which[k] < 0) buffer_names.push_back(entries[k].first);
   const auto& rates = sampling_.rates();
   for (size_t i = 0; i < rates.size(); ++i) {
     const std::string name = ema_file_name(rates[i]);
     if (!r.has(name)) throw std::runtime_error(fmt::format("{} has no {} (sampling EMA {})", r.origin(), name, rates[i]));
-    NamedTensors dst = ema_state(*student_, sampling_.mutable_weights(i));
-    dst.resize(params.size());
-    assign_named(dst, r.read(name), r.origin() + "/" + name, buffer_names);
+    auto& weights = sampling_.mutable_weights(i);
+    NamedTensors dst;
+    for (size_t k = 0; k < entries.size(); ++k)
+      if (which[k] >= 0) dst.emplace_back(entries[k].first, weights[static_cast<size_t>(which[k])]);
+    const TensorFile f = r.read(name);
+    try {
+      assign_named(dst, f, r.origin() + "/" + name, buffer_names);
+    } catch (const std::runtime_error& e) {
+      if (!restore_positional_layout(entries, weights, f)) throw;
+      fmt::print(stderr, "note: {}/{} has the EMA layout of cm before the fix of networks with buffers (NCSN++): read by "
+                 "position; the next checkpoint is written in the corrected layout\n", r.origin(), name);
+    }
   }
+}
+
+// Before the identity fix, an EMA file gave its k-th state-dict name the k-th parameter's EMA (wrong names
+// wherever a buffer precedes a parameter, as NCSN++'s map_noise.freqs). Such a file is read back by position
+// when every shape fits that reading; returns false otherwise.
+bool EmaSet::restore_positional_layout(const NamedTensors& entries, std::vector<torch::Tensor>& weights, const TensorFile& f) {
+  if (entries.size() < weights.size()) return false;
+  for (size_t k = 0; k < weights.size(); ++k) {
+    const torch::Tensor* t = f.find(entries[k].first);
+    if (!t || t->sizes() != weights[k].sizes() || t->scalar_type() != weights[k].scalar_type()) return false;
+  }
+  torch::NoGradGuard ng;
+  for (size_t k = 0; k < weights.size(); ++k) weights[k].copy_(*f.find(entries[k].first));
+  return true;
 }
 
 }  // namespace cm

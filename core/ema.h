@@ -34,8 +34,9 @@ class SamplingEmas {
 
 // "ema_0.9999.safetensors": a sampling EMA's file in checkpoints and run directories.
 std::string ema_file_name(double rate);
-// The student's layout (network_state order: parameters, then buffers) with an EMA's values for the
-// parameters: what an EMA file holds, so `cm sample --weights` reads it like a model file.
+// The student's layout (its state-dict names and order, parameters and buffers as PyTorch interleaves them)
+// with an EMA's values for the parameters, matched by identity: what an EMA file holds, so `cm sample
+// --weights` reads it like a model file.
 NamedTensors ema_state(const torch::nn::Module& student, const std::vector<torch::Tensor>& ema);
 
 // Every moving average of a run, with one owner: the target theta- when it is a network of its own (rate
@@ -60,6 +61,7 @@ class EmaSet : public StatePart {
   void restore(const StateReader& r) override;
 
  private:
+  static bool restore_positional_layout(const NamedTensors& entries, std::vector<torch::Tensor>& weights, const TensorFile& f);
   NetworkPtr student_, target_;
   std::function<double(int64_t)> target_rate_;
   SamplingEmas sampling_;

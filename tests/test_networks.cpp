@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 #include "core/config.h"
+#include "core/ema.h"
 #include "core/nets/layers.h"
 #include "core/network.h"
 #include "core/io/safetensors.h"
@@ -342,3 +343,38 @@ TEST(ModelCommand, CheckAndConvertReferenceWeights) {
 }
 
 }  // namespace
+
+// An EMA file (core/ema.h) holds the student's state-dict names with each parameter's EMA under that
+// parameter's own name. NCSN++ registers a buffer (map_noise.freqs) before parameters, so a positional
+// mapping shifts every name after it: check each name against its parameter, by identity.
+TEST(Networks, EmaFileNamesEveryParameterRightWhenBuffersComeFirst) {
+  auto net = build("ncsnpp_small", {3, 16, 0});
+  const auto params = net->parameters();
+  std::vector<torch::Tensor> ema;
+  for (size_t i = 0; i < params.size(); ++i) ema.push_back(torch::full_like(params[i], static_cast<double>(i) + 0.5));
+  const cm::NamedTensors file = cm::ema_state(*net, ema);
+  const cm::NamedTensors own = cm::state_dict(*net);
+  ASSERT_EQ(file.size(), own.size());
+  size_t checked = 0;
+  bool buffer_before_parameter = false, seen_buffer = false;
+  for (size_t k = 0; k < own.size(); ++k) {
+    ASSERT_EQ(file[k].first, own[k].first);
+    EXPECT_EQ(file[k].second.sizes(), own[k].second.sizes()) << own[k].first;
+    int64_t idx = -1;
+    for (size_t i = 0; i < params.size(); ++i)
+      if (params[i].is_same(own[k].second)) idx = static_cast<int64_t>(i);
+    if (idx < 0) {
+      seen_buffer = true;
+      EXPECT_TRUE(file[k].second.is_same(own[k].second)) << own[k].first << ": a buffer is written as it is";
+    } else {
+      buffer_before_parameter = buffer_before_parameter || seen_buffer;
+      EXPECT_TRUE(file[k].second.is_same(ema[static_cast<size_t>(idx)])) << own[k].first;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, params.size());
+  EXPECT_TRUE(buffer_before_parameter) << "the fixture should have a buffer before a parameter";
+  // And the file loads into a network of the same architecture.
+  auto other = build("ncsnpp_small", {3, 16, 0});
+  EXPECT_NO_THROW(cm::load_weights(*other, file, "ema"));
+}
