@@ -378,3 +378,37 @@ TEST(Networks, EmaFileNamesEveryParameterRightWhenBuffersComeFirst) {
   auto other = build("ncsnpp_small", {3, 16, 0});
   EXPECT_NO_THROW(cm::load_weights(*other, file, "ema"));
 }
+
+// EmaSet::restore reads the corrected layout by name, and an EMA file written before the fix (the k-th
+// state-dict name holding the k-th parameter's EMA) by position, for the same values.
+namespace {
+struct OneFileReader : cm::StateReader {
+  std::string name, where = "test-checkpoint";
+  cm::TensorFile file;
+  cm::Json json;
+  bool has(const std::string& f) const override { return f == name; }
+  cm::TensorFile read(const std::string&) const override { return file; }
+  const cm::Json& state() const override { return json; }
+  const std::string& origin() const override { return where; }
+};
+}  // namespace
+
+TEST(Networks, EmaRestoreReadsTheFixedAndTheOldLayout) {
+  auto net = build("ncsnpp_small", {3, 16, 0});
+  const auto params = net->parameters();
+  std::vector<torch::Tensor> ema;
+  for (size_t i = 0; i < params.size(); ++i) ema.push_back(torch::full_like(params[i], static_cast<double>(i) + 0.25));
+  const cm::NamedTensors own = cm::state_dict(*net);
+  cm::NamedTensors old_layout;
+  for (size_t k = 0; k < own.size(); ++k) old_layout.emplace_back(own[k].first, k < ema.size() ? ema[k] : own[k].second);
+  for (const cm::NamedTensors& layout : {cm::ema_state(*net, ema), old_layout}) {
+    cm::EmaSet set(net, nullptr, [](int64_t) { return 0.0; }, {0.99});
+    OneFileReader r;
+    r.name = cm::ema_file_name(0.99);
+    r.file.tensors = layout;
+    set.restore(r);
+    const auto& w = set.sampling().weights(0);
+    ASSERT_EQ(w.size(), ema.size());
+    for (size_t i = 0; i < ema.size(); ++i) ASSERT_TRUE(torch::equal(w[i], ema[i])) << "parameter " << i;
+  }
+}
