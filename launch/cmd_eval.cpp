@@ -16,8 +16,8 @@ namespace cm::cli {
 namespace {
 
 const char* kHelp = R"(Usage: cm eval SAMPLES [--ref REF] [--inception FILE] [--metrics fid,is,pr] [--json FILE]
-               [--count N] [--batch B] [--splits 10] [--k 3]
-       cm eval ref-stats DATASET --out STATS.npz [--features] [--inception FILE] [--batch B]
+               [--count N] [--batch B] [--splits 10] [--k 3] [--feature-net inception|fmnist|FILE]
+       cm eval ref-stats DATASET --out STATS.npz [--features] [--inception FILE] [--feature-net ...] [--batch B]
 
 Evaluates the images in SAMPLES against REF:
   FID        Frechet distance of the Inception pool_3 feature statistics (float64; core/metrics/fid.h)
@@ -45,8 +45,14 @@ to 299 x 299 itself. It runs on the GPU when there is one. 50,000 images are the
 Under mpirun/srun the images are split over the ranks (rank r of W takes the contiguous r-th W-th of each
 set, one GPU each), their features gathered, and rank 0 prints and writes the results; the figures agree
 with one process's to float64 rounding.
+
+--feature-net fmnist uses the Fashion-MNIST classifier that cm trained (recipes/weights/fmnist_features.safetensors,
+`cm features --help`) instead of Inception: the Frechet distance in its 256 penultimate features is FD_fmnist
+(printed as such, JSON key fd_fmnist, never called FID; its scale is in README), plus precision/recall in the
+same features; there is no IS. It takes grey 28x28 images or 32x32 ones (padded; centre-cropped to 28).
+--feature-net FILE: such a classifier file (.safetensors) or a TorchScript Inception.
 Options:
-  --metrics L   which of fid, is, pr (default: all that the inputs allow; without --ref only is)
+  --metrics L   which of fid (fd is the same), is, pr (default: all that the inputs allow; without --ref only is)
   --count N     only the first N images of SAMPLES
   --batch B     images per network forward (default 100))";
 
@@ -56,7 +62,8 @@ std::set<std::string> parse_metrics(const std::string& s) {
   while (start <= s.size()) {
     const size_t comma = s.find(',', start);
     std::string m = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    if (m != "fid" && m != "is" && m != "pr") throw std::invalid_argument(fmt::format("--metrics: '{}' is not one of fid, is, pr", m));
+    if (m == "fd") m = "fid";
+    if (m != "fid" && m != "is" && m != "pr") throw std::invalid_argument(fmt::format("--metrics: '{}' is not one of fid (fd), is, pr", m));
     out.insert(m);
     if (comma == std::string::npos) break;
     start = comma + 1;
@@ -79,7 +86,7 @@ int ref_stats(const Args& args, const std::vector<std::string>& plain, dist::Com
   if (plain.size() != 2) throw std::invalid_argument("usage: cm eval ref-stats DATASET --out STATS.npz (see `cm eval --help`)");
   auto out = args.opt("out");
   if (!out) throw std::invalid_argument("cm eval ref-stats needs --out STATS.npz");
-  FeatureNetwork net(FeatureNetwork::locate(args.opt_or("inception", "")), dev);
+  FeatureNetwork net(FeatureNetwork::resolve(args.opt_or("feature-net", ""), args.opt_or("inception", "")), dev);
   auto set = data::open_image_set(plain[1]);
   const bool keep = args.flag("features");
   SetFeatures f = compute_set_features(net, *set, eval_options(args), keep, false, comm);
@@ -96,15 +103,23 @@ int evaluate(const Args& args, dist::Communicator* comm, torch::Device dev) {
   if (plain.size() != 1) throw std::invalid_argument("expected exactly one SAMPLES set (see `cm eval --help`)");
   const auto ref = args.opt("ref");
   const bool explicit_metrics = args.opt("metrics").has_value();
-  std::set<std::string> metrics = parse_metrics(args.opt_or("metrics", ref ? "fid,is,pr" : "is"));
-  if (!ref && (metrics.count("fid") || metrics.count("pr"))) throw std::invalid_argument("fid and pr need --ref REF (see `cm eval --help`)");
+  if (explicit_metrics) {  // the checks that need no network, before loading it
+    const auto m = parse_metrics(*args.opt("metrics"));
+    if (!ref && (m.count("fid") || m.count("pr"))) throw std::invalid_argument("fid and pr need --ref REF (see `cm eval --help`)");
+  }
   const EvalOptions o = eval_options(args);
   const int64_t splits = args.int_or("splits", 10), k = args.int_or("k", 3);
   if (splits < 1) throw std::invalid_argument(fmt::format("--splits {}: must be >= 1", splits));
   if (k < 1) throw std::invalid_argument(fmt::format("--k {}: the k of k-nearest-neighbour precision/recall must be >= 1", k));
+  FeatureNetwork net(FeatureNetwork::resolve(args.opt_or("feature-net", ""), args.opt_or("inception", "")), dev);
+  const std::string fd = net.metric_name();
+  if (!net.is_inception() && !ref) throw std::invalid_argument(fmt::format("{} needs --ref REF (the training or test set, or its ref-stats)", fd));
+  std::set<std::string> metrics = parse_metrics(args.opt_or("metrics", ref ? (net.is_inception() ? "fid,is,pr" : "fid,pr") : "is"));
+  if (!ref && (metrics.count("fid") || metrics.count("pr"))) throw std::invalid_argument("fid and pr need --ref REF (see `cm eval --help`)");
+  if (!net.is_inception() && metrics.count("is"))
+    throw std::invalid_argument(fmt::format("--metrics is: the Inception Score needs the Inception network; {} has features only", net.path()));
 
   const bool main_rank = !comm || comm->rank() == 0;
-  FeatureNetwork net(FeatureNetwork::locate(args.opt_or("inception", "")), dev);
   auto samples_set = data::open_image_set(plain[0]);
   ReferenceSet reference;
   if (ref) {
@@ -122,12 +137,13 @@ int evaluate(const Args& args, dist::Communicator* comm, torch::Device dev) {
   EvalResult r;
   r.count = s.stats.count;
   r.inception_sha256 = net.sha256();
-  fmt::print("inception  {} (sha256 {})\n", net.path(), net.sha256());
+  r.feature_net = net.kind();
+  fmt::print("{:<10} {} (sha256 {})\n", net.is_inception() ? "inception" : "features", net.path(), net.sha256());
   fmt::print("samples    {}\n", s.description);
   if (ref) fmt::print("reference  {}\n", reference.description);
   if (metrics.count("fid")) {
     r.fid = frechet_distance(s.stats, reference.stats);
-    fmt::print("FID        {:.4f}\n", r.fid);
+    fmt::print("{:<10} {:.4f}\n", fd, r.fid);
   }
   if (metrics.count("is")) {
     InceptionScore is = inception_score(s.probs, splits);
@@ -151,11 +167,11 @@ int evaluate(const Args& args, dist::Communicator* comm, torch::Device dev) {
 int run(const std::vector<std::string>& argv) {
   if (wants_help(argv, kHelp)) return 0;
   Args args(argv, {"features", "quiet"});
-  args.check_known({"ref", "inception", "metrics", "json", "count", "batch", "splits", "k", "out", "features", "quiet"});
+  args.check_known({"ref", "inception", "feature-net", "metrics", "json", "count", "batch", "splits", "k", "out", "features", "quiet"});
   return run_on_world("auto", 600, [&](dist::Communicator* comm, int, torch::Device dev) { return evaluate(args, comm, dev); });
 }
 
-CommandRegistration reg({"eval", "FID, Inception Score and precision/recall of samples (TorchScript Inception)", kHelp, run});
+CommandRegistration reg({"eval", "FID, Inception Score and precision/recall of samples (TorchScript Inception), or FD_fmnist", kHelp, run});
 
 }  // namespace
 }  // namespace cm::cli

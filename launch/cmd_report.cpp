@@ -148,6 +148,7 @@ std::string svg_chart(const std::string& title, const std::string& xlabel, const
 struct Metrics {
   std::map<std::string, Series> by_step;  // key -> (step, value) from the loss lines
   Series fid, fid_1step;                   // (images seen, FID) with sample.ts, and one step
+  std::string fid_name = "FID";            // or FD_fmnist (eval.feature_net = "fmnist": key fd_fmnist)
   int64_t last_step = 0;
   int skipped = 0;  // lines that do not parse (a run killed mid-write)
 };
@@ -167,11 +168,13 @@ Metrics read_metrics(const std::string& path) {
     const Json* step = j.get("step");
     if (!step || step->kind != Json::Num) continue;
     m.last_step = std::max(m.last_step, step->integer);
-    if (const Json* f = j.get("fid"); f && f->kind == Json::Num) {
+    const bool fd = j.get("fd_fmnist") != nullptr;
+    if (const Json* f = j.get(fd ? "fd_fmnist" : "fid"); f && f->kind == Json::Num) {
       const Json* seen = j.get("images_seen");
       const double x = seen && seen->kind == Json::Num ? seen->num : step->num;
       m.fid.emplace_back(x, f->num);
-      if (const Json* f1 = j.get("fid_1step"); f1 && f1->kind == Json::Num) m.fid_1step.emplace_back(x, f1->num);
+      if (fd) m.fid_name = "FD_fmnist";
+      if (const Json* f1 = j.get(fd ? "fd_fmnist_1step" : "fid_1step"); f1 && f1->kind == Json::Num) m.fid_1step.emplace_back(x, f1->num);
       continue;
     }
     for (auto& [k, v] : j.obj)
@@ -245,8 +248,8 @@ std::string curves_section(const Metrics& m, int& charts) {
     ++charts;
   };
   if (auto it = m.by_step.find("loss"); it != m.by_step.end()) chart("training loss", "step", it->second, true);
-  if (!m.fid.empty()) chart("FID (in-training, [eval], sample.ts)", "training images seen", m.fid, true);
-  if (!m.fid_1step.empty()) chart("FID, one step (in-training)", "training images seen", m.fid_1step, true);
+  if (!m.fid.empty()) chart(m.fid_name + " (in-training, [eval], sample.ts)", "training images seen", m.fid, true);
+  if (!m.fid_1step.empty()) chart(m.fid_name + ", one step (in-training)", "training images seen", m.fid_1step, true);
   if (auto it = m.by_step.find("images_per_sec"); it != m.by_step.end()) chart("throughput (images/s)", "step", it->second, false);
   // Mixed precision and non-finite steps (core/precision.h): the loss scale (log axis) and the skipped-step count.
   if (auto it = m.by_step.find("loss_scale"); it != m.by_step.end()) chart("loss scale (fp16)", "step", it->second, true);

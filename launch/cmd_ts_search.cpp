@@ -17,7 +17,7 @@
 namespace cm::cli {
 namespace {
 
-const char* kHelp = R"(Usage: cm ts-search RECIPE --weights FILE|DIR [--ema RATE] [OVERRIDES...] --ref REF [--inception FILE]
+const char* kHelp = R"(Usage: cm ts-search RECIPE --weights FILE|DIR [--ema RATE] [OVERRIDES...] --ref REF [--inception FILE] [--feature-net NET]
                     [--grid N] [--from A] [--to B] [--stride S] [--refine] [--count 5000] [--batch 100]
                     [--seed S] [--labels L] [--no-clip] [--json FILE] [--quiet]
 
@@ -28,7 +28,7 @@ REF, on fewer samples than the final 50,000 (default 5,000). Candidates: i = A, 
 B = N-2, S = 1); --refine then tries every index within S of the best one. Every candidate uses the same
 noise (--seed), so the differences are the sampler's. Prints a table and the best ts; --json FILE writes
 {"grid": N, "count": M, "results": [{"index": i, "sigma": s, "fid": f}, ...], "best": {...}}.
-REF and --inception as in `cm eval` (a statistics .npz such as a VIRTUAL_*.npz or `cm eval ref-stats`
+REF, --inception and --feature-net as in `cm eval` (--feature-net fmnist searches by FD_fmnist; a statistics .npz such as a VIRTUAL_*.npz or `cm eval ref-stats`
 output, or an image set). Under mpirun/srun the samples and features are split over the ranks.
 Denoised estimates are clipped to [-1, 1] before re-noising, as in `cm sample` (--no-clip: raw estimates).
 For reference, the published choices: CD ImageNet-64 ts = 0,22,39 (N = 40), CT ImageNet-64 0,106,200
@@ -93,7 +93,7 @@ struct CandidateFids {
     c.fid = frechet_distance(f.stats, ref.stats);
     done.push_back(c);
     if (verbose)
-      fmt::print("  ts = 0,{},{}   sigma {:<10.5g} FID {:.4f}   ({:.1f}s)\n", i, grid - 1, c.sigma, c.fid,
+      fmt::print("  ts = 0,{},{}   sigma {:<10.5g} {} {:.4f}   ({:.1f}s)\n", i, grid - 1, c.sigma, fnet.metric_name(), c.fid,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     std::fflush(stdout);
   }
@@ -116,13 +116,14 @@ void report(const Args& args, CandidateFids& fids) {
   std::sort(done.begin(), done.end(), [](const Candidate& a, const Candidate& b) { return a.index < b.index; });
   const Candidate b = fids.best();
   const int64_t grid = fids.grid, count = fids.so.count;
-  fmt::print("best: --ts 0,{},{} --grid {} (sigma {:.5g}), FID {:.4f} on {} samples\n", b.index, grid - 1, grid, b.sigma, b.fid, count);
+  fmt::print("best: --ts 0,{},{} --grid {} (sigma {:.5g}), {} {:.4f} on {} samples\n", b.index, grid - 1, grid, b.sigma, fids.fnet.metric_name(), b.fid, count);
   if (auto j = args.opt("json")) {
     std::string results;
     for (auto& c : done) results += fmt::format("{}{{\"index\": {}, \"sigma\": {:.17g}, \"fid\": {:.17g}}}", results.empty() ? "" : ", ", c.index, c.sigma, c.fid);
-    write_file_atomic(*j, fmt::format("{{\"grid\": {}, \"count\": {}, \"inception_sha256\": \"{}\", \"results\": [{}], \"best\": {{\"index\": {}, "
+    // The figure is under "fid" for either network (the table's column); "metric" says which it is.
+    write_file_atomic(*j, fmt::format("{{\"grid\": {}, \"count\": {}, \"metric\": \"{}\", \"feature_net\": \"{}\", \"inception_sha256\": \"{}\", \"results\": [{}], \"best\": {{\"index\": {}, "
                                       "\"sigma\": {:.17g}, \"fid\": {:.17g}}}}}\n",
-                                      grid, count, fids.fnet.sha256(), results, b.index, b.sigma, b.fid));
+                                      grid, count, fids.fnet.metric_key(), fids.fnet.kind(), fids.fnet.sha256(), results, b.index, b.sigma, b.fid));
     fmt::print("wrote {}\n", *j);
   }
 }
@@ -143,12 +144,12 @@ int search(const Args& args, const Recipe& r, dist::Communicator* comm, torch::D
   o.batch = args.int_or("batch", 100);
   o.progress = false;
   if (o.batch < 1) throw std::invalid_argument("--batch must be >= 1");
-  FeatureNetwork fnet(FeatureNetwork::locate(args.opt_or("inception", "")), dev);
+  FeatureNetwork fnet(FeatureNetwork::resolve(args.opt_or("feature-net", ""), args.opt_or("inception", "")), dev);
   ReferenceSet ref = load_reference(*args.opt("ref"), fnet, o, false, comm);
   CandidateFids fids{*net, p, shape, dev, comm, fnet, ref, o, read_sampling(args, r), cands.grid, main && !quiet, {}};
   if (main && !quiet)
-    fmt::print("ts-search: {} samples per candidate, {}-point grid, against {}; inception {} (sha256 {})\n", fids.so.count, cands.grid,
-               ref.description, fnet.path(), fnet.sha256());
+    fmt::print("ts-search: {} of {} samples per candidate, {}-point grid, against {}; {} {} (sha256 {})\n", fnet.metric_name(), fids.so.count,
+               cands.grid, ref.description, fnet.is_inception() ? "inception" : "features", fnet.path(), fnet.sha256());
   fids.run(cands, args.flag("refine"));
   if (main) report(args, fids);
   return 0;
@@ -157,7 +158,7 @@ int search(const Args& args, const Recipe& r, dist::Communicator* comm, torch::D
 int run(const std::vector<std::string>& argv) {
   if (wants_help(argv, kHelp)) return 0;
   Args args(argv, {"refine", "quiet"});
-  args.check_known({"weights", "ema", "ref", "inception", "grid", "from", "to", "stride", "refine", "count", "batch", "seed", "labels", "json", "quiet"});
+  args.check_known({"weights", "ema", "ref", "inception", "feature-net", "grid", "from", "to", "stride", "refine", "count", "batch", "seed", "labels", "json", "quiet"});
   const auto plain = args.plain();
   if (plain.size() != 1) throw std::invalid_argument("expected exactly one RECIPE (see `cm ts-search --help`)");
   if (!args.opt("weights")) throw std::invalid_argument("--weights FILE|DIR is required (see `cm ts-search --help`)");

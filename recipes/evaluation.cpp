@@ -15,6 +15,7 @@
 #include "recipes/eval/ref_stats.h"   // mu, sigma of published .npz files
 #include "distributed/communicator.h"  // all_gather of each round's features
 #include "recipes/sampling.h"         // shard_range, round_range
+#include "recipes/eval/fmnist_features.h"  // the Fashion-MNIST feature network
 
 namespace fs = std::filesystem;
 
@@ -22,6 +23,7 @@ namespace cm {
 
 struct FeatureNetwork::Impl {
   torch::jit::Module module;
+  FmnistClassifier classifier{nullptr};  // when the file is a Fashion-MNIST classifier
   torch::Device device = torch::kCPU;
 };
 
@@ -46,7 +48,21 @@ std::string FeatureNetwork::locate(const std::string& option) {
       path, from));
 }
 
+std::string FeatureNetwork::resolve(const std::string& feature_net, const std::string& inception) {
+  if (feature_net.empty() || feature_net == "inception") return locate(inception);
+  if (feature_net == "fmnist") return shipped_fmnist_features();
+  if (fs::is_regular_file(feature_net)) return feature_net;
+  throw std::runtime_error(fmt::format("--feature-net {}: not inception, fmnist or an existing file", feature_net));
+}
+
 FeatureNetwork::FeatureNetwork(const std::string& path, torch::Device device) : impl_(std::make_unique<Impl>()), path_(path) {
+  impl_->device = device;
+  if (fs::path(path).extension() == ".safetensors") {
+    impl_->classifier = load_fmnist_classifier(path, device);
+    kind_ = "fmnist";
+    sha256_ = sha256_file(path);
+    return;
+  }
   try {
     impl_->module = torch::jit::load(path, device);
   } catch (const c10::Error& e) {
@@ -65,6 +81,12 @@ torch::Tensor FeatureNetwork::call(const torch::Tensor& nhwc, const std::string&
     throw std::invalid_argument(fmt::format("feature network input must be uint8 [N, H, W, 1 or 3], got {} {}", c10::str(nhwc.sizes()),
                                             c10::toString(nhwc.scalar_type())));
   torch::NoGradGuard ng;
+  if (impl_->classifier) {
+    if (flag != "return_features")
+      throw std::invalid_argument(fmt::format("{}: the Fashion-MNIST feature network gives features only (FD_fmnist, precision/recall); "
+                                              "the Inception Score needs the Inception network", path_));
+    return impl_->classifier->features(fmnist_classifier_input(nhwc).to(impl_->device)).to(torch::kCPU, torch::kFloat32);
+  }
   auto x = nhwc.permute({0, 3, 1, 2});
   if (x.size(1) == 1) x = x.repeat({1, 3, 1, 1});  // grey -> RGB, as the reference metrics do
   x = x.contiguous().to(impl_->device);
@@ -86,7 +108,7 @@ SetFeatures compute_features(FeatureNetwork& net, int64_t total, const ImageRang
   if (total < world) throw std::runtime_error(fmt::format("{}: {} images for {} ranks; give every rank at least one", description, total, world));
   SetFeatures out;
   out.description = description;
-  data::Progress bar("inception features", total, o.progress && rank == 0);
+  data::Progress bar(net.kind() + " features", total, o.progress && rank == 0);
   std::unique_ptr<FeatureAccumulator> acc;
   torch::Tensor feats, probs;  // [total, D] / [total, K] in index order, when kept
   auto take = [&](const torch::Tensor& f, const torch::Tensor& p, int64_t begin) {
@@ -210,6 +232,9 @@ void write_reference_stats(const std::string& path, const FeatureStats& stats, c
 
 std::string eval_json(const EvalResult& r) {
   auto num = [](double v) { return std::isfinite(v) ? fmt::format("{:.17g}", v) : std::string("null"); };
+  if (r.feature_net != "inception")
+    return fmt::format("{{\"fd_{}\": {}, \"precision\": {}, \"recall\": {}, \"count\": {}, \"feature_net\": \"{}\", \"feature_net_sha256\": \"{}\"}}",
+                       r.feature_net, num(r.fid), num(r.precision), num(r.recall), r.count, r.feature_net, r.inception_sha256);
   return fmt::format("{{\"fid\": {}, \"is_mean\": {}, \"is_std\": {}, \"precision\": {}, \"recall\": {}, \"count\": {}, \"inception_sha256\": \"{}\"}}",
                      num(r.fid), num(r.is_mean), num(r.is_std), num(r.precision), num(r.recall), r.count, r.inception_sha256);
 }

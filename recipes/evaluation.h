@@ -10,6 +10,10 @@
 //                                                   #  the original improved-gan implementation)
 // images: [N, 3, H, W] with values 0..255 (uint8), any H, W: the module resizes to 299 x 299 itself.
 // Grey images are repeated to 3 channels first, as those metrics do.
+//
+// The other feature network is the Fashion-MNIST classifier that cm trains itself (a .safetensors file,
+// recipes/eval/fmnist_features.h): its penultimate features give FD_fmnist, a Frechet distance on its own
+// scale, never called FID; it has no Inception Score.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -33,6 +37,11 @@ class FeatureNetwork {
   // The file to load: `option` (--inception) if given, else $CM_INCEPTION, else
   // ~/.cache/cm/inception-2015-12-05.pt. Throws saying where to get the file and how to point at it.
   static std::string locate(const std::string& option);
+  // The file of --feature-net NAME: "" or "inception" = locate(inception); "fmnist" = the shipped
+  // Fashion-MNIST classifier (recipes/weights/fmnist_features.safetensors); else NAME is a file (a
+  // .safetensors classifier from `cm features train`, or a TorchScript Inception).
+  static std::string resolve(const std::string& feature_net, const std::string& inception);
+  // A .safetensors file is a Fashion-MNIST classifier, anything else a TorchScript Inception.
   FeatureNetwork(const std::string& path, torch::Device device);
   ~FeatureNetwork();
   // images: uint8 [N, H, W, C], C = 1 or 3. Results are float32 on the CPU.
@@ -41,12 +50,18 @@ class FeatureNetwork {
   const std::string& path() const { return path_; }
   // SHA-256 of the file, printed and stored beside every figure so it names the exact network.
   const std::string& sha256() const { return sha256_; }
+  bool is_inception() const { return kind_ == "inception"; }
+  const std::string& kind() const { return kind_; }   // "inception" or "fmnist"
+  // What the Frechet distance in these features is called: "FID" / "FD_fmnist", and its key in JSON and
+  // metrics.jsonl: "fid" / "fd_fmnist".
+  std::string metric_name() const { return is_inception() ? "FID" : "FD_fmnist"; }
+  std::string metric_key() const { return is_inception() ? "fid" : "fd_fmnist"; }
 
  private:
   torch::Tensor call(const torch::Tensor& nhwc, const std::string& flag);
   struct Impl;
   std::unique_ptr<Impl> impl_;
-  std::string path_, sha256_;
+  std::string path_, sha256_, kind_ = "inception";
 };
 
 struct EvalOptions {
@@ -95,10 +110,12 @@ struct EvalResult {
   static constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
   double fid = kNaN, is_mean = kNaN, is_std = kNaN, precision = kNaN, recall = kNaN;
   int64_t count = 0;
-  std::string inception_sha256;
+  std::string inception_sha256;     // the feature network's SHA-256 (whichever it is)
+  std::string feature_net = "inception";  // FeatureNetwork::kind()
 };
 // {"fid": .., "is_mean": .., "is_std": .., "precision": .., "recall": .., "count": N, "inception_sha256": ".."}; metrics not
-// computed are null.
+// computed are null. With the Fashion-MNIST network: {"fd_fmnist": .., "precision": .., "recall": .., "count": N,
+// "feature_net": "fmnist", "feature_net_sha256": ".."} (no "fid", no IS).
 std::string eval_json(const EvalResult& r);
 
 }  // namespace cm

@@ -199,6 +199,7 @@ class FidDuringTraining : public TrainObserver {
     if (last_eval_step_ != res.steps) evaluate(run, res.steps);
     res.fid = last_fid_;
     res.fid_1step = last_fid_1step_;
+    res.fid_key = net_->metric_key();
   }
 
  private:
@@ -216,7 +217,7 @@ void FidDuringTraining::on_start(RunContext& run) {
   const EvalConfig& e = run.recipe.eval;
   if (!e.enabled()) return;
   if (run.data.shape().resolution == 0) throw ConfigError("eval.every_images > 0: FID needs images; this recipe trains on 2-D points");
-  net_ = std::make_unique<FeatureNetwork>(FeatureNetwork::locate(e.inception), run.device);
+  net_ = std::make_unique<FeatureNetwork>(FeatureNetwork::resolve(e.feature_net, e.inception), run.device);
   dist::Communicator* comm = run.comm();
   EvalOptions o;
   o.batch = e.batch;
@@ -224,7 +225,8 @@ void FidDuringTraining::on_start(RunContext& run) {
   const std::string ref = e.ref.empty() ? run.recipe.data_path : e.ref;
   if (ref.empty()) throw ConfigError("eval.ref is empty and the recipe has no dataset.path to compute reference statistics from");
   const bool stats_file = fs::is_regular_file(ref) && fs::path(ref).extension() == ".npz" && data::npz_has(ref, "mu");
-  const std::string cache = run.recipe.run.dir + "/eval_ref_stats.npz";
+  // Statistics in another network's features must never be mistaken for these: one cache per network kind.
+  const std::string cache = run.recipe.run.dir + (net_->is_inception() ? "/eval_ref_stats.npz" : "/eval_ref_stats_" + net_->kind() + ".npz");
   // An image set's statistics are computed once (all ranks) and kept in the run directory for resumed runs.
   int64_t cached = run.is_main() && !stats_file && fs::exists(cache) ? 1 : 0;
   if (comm) {
@@ -234,8 +236,9 @@ void FidDuringTraining::on_start(RunContext& run) {
   }
   const bool use_cache = !stats_file && cached;
   if (run.is_main() && !run.options.quiet)
-    fmt::print("eval: FID of {} samples every {} images against {}{}; inception {} (sha256 {})\n", e.count, e.every_images, ref,
-               use_cache ? fmt::format(" (statistics cached in {})", cache) : "", net_->path(), net_->sha256());
+    fmt::print("eval: {} of {} samples every {} images against {}{}; {} {} (sha256 {})\n", net_->metric_name(), e.count, e.every_images, ref,
+               use_cache ? fmt::format(" (statistics cached in {})", cache) : "", net_->is_inception() ? "inception" : "features",
+               net_->path(), net_->sha256());
   ReferenceSet r = load_reference(use_cache ? cache : ref, *net_, o, false, comm);
   if (run.is_main() && !stats_file && !use_cache) write_reference_stats(cache, r.stats, torch::Tensor());
   ref_ = std::make_unique<FeatureStats>(r.stats);
@@ -280,8 +283,9 @@ void FidDuringTraining::evaluate(RunContext& run, int64_t step) {
   const auto& p = run.objective.precond();
   // "fid": the recipe's sample.ts (EDM models: Heun); "fid_1step" beside it when sample.ts is multistep and
   // eval.one_step is on - the paper's two columns.
-  std::vector<std::pair<std::string, std::vector<double>>> passes = {{"fid", recipe_sample_sigmas(run.recipe)}};
-  if (e.one_step && p.kind != Preconditioning::Edm && passes[0].second.size() > 1) passes.emplace_back("fid_1step", std::vector<double>{passes[0].second[0]});
+  const std::string key = net_->metric_key();  // "fid", or "fd_fmnist" in the Fashion-MNIST classifier's features
+  std::vector<std::pair<std::string, std::vector<double>>> passes = {{key, recipe_sample_sigmas(run.recipe)}};
+  if (e.one_step && p.kind != Preconditioning::Edm && passes[0].second.size() > 1) passes.emplace_back(key + "_1step", std::vector<double>{passes[0].second[0]});
   const std::vector<double> fids = fids_of(run, passes);
   const double secs = std::chrono::duration<double>(Clock::now() - t_start).count();
   run.excluded_s += secs;  // img/s counts training only
@@ -294,14 +298,15 @@ void FidDuringTraining::evaluate(RunContext& run, int64_t step) {
   std::string shown, logged;
   for (size_t i = 0; i < passes.size(); ++i) {
     const size_t levels = passes[i].second.size();
-    shown += fmt::format("{}FID {:.4f} ({})", i ? ", " : "", fids[i],
+    shown += fmt::format("{}{} {:.4f} ({})", i ? ", " : "", net_->metric_name(), fids[i],
                          p.kind == Preconditioning::Edm ? "Heun" : fmt::format("{} step{}", levels, levels == 1 ? "" : "s"));
     logged += fmt::format(", \"{}\": {:.8g}", passes[i].first, fids[i]);
   }
   if (!run.options.quiet) fmt::print("step {:>7} | {} | {} samples, {} | {:.1f}s\n", step, shown, e.count, weights, secs);
   std::fflush(stdout);
-  metrics_->write(fmt::format("{{\"step\": {}, \"images_seen\": {}{}, \"fid_samples\": {}, \"fid_s\": {:.2f}}}", step,
-                              step * run.recipe.train.batch, logged, e.count, secs));
+  const char* count_key = net_->is_inception() ? "fid" : "fd";  // fid_samples / fd_samples, fid_s / fd_s
+  metrics_->write(fmt::format("{{\"step\": {}, \"images_seen\": {}{}, \"{}_samples\": {}, \"{}_s\": {:.2f}}}", step,
+                              step * run.recipe.train.batch, logged, count_key, e.count, count_key, secs));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -320,8 +325,8 @@ class FinalExports : public TrainObserver {
     save_weights(run);
     std::string q;
     for (auto& [k, v] : res.quality) q += fmt::format(", \"{}\": {:.6g}", k, v);
-    if (std::isfinite(res.fid)) q += fmt::format(", \"fid\": {:.8g}", res.fid);
-    if (std::isfinite(res.fid_1step)) q += fmt::format(", \"fid_1step\": {:.8g}", res.fid_1step);
+    if (std::isfinite(res.fid)) q += fmt::format(", \"{}\": {:.8g}", res.fid_key, res.fid);
+    if (std::isfinite(res.fid_1step)) q += fmt::format(", \"{}_1step\": {:.8g}", res.fid_key, res.fid_1step);
     write_file_atomic(run.recipe.run.dir + "/final.json",
                       fmt::format("{{\"steps\": {}, \"final_loss\": {:.8g}, \"images_per_sec\": {:.1f}{}}}\n", res.steps, res.final_loss,
                                   res.images_per_sec, q));

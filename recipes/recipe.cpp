@@ -119,6 +119,20 @@ void check_batch_split(const TrainConfig& t, int64_t world) {
 }
 
 // Every unset choice comes from the method's row of the table (recipes/methods.h).
+// A weights file the project ships (recipes/weights/...), named relative to the source tree: found from any
+// working directory through the recipe search path (recipes/configs -> the tree above it). Anything that
+// exists as given, or that is not found there, is returned unchanged (the loader names it when missing).
+static std::string shipped_file(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (path.empty() || fs::path(path).is_absolute() || fs::exists(path, ec)) return path;
+  for (const auto& d : recipe_search_path()) {
+    const fs::path p = fs::path(d).parent_path().parent_path() / path;
+    if (fs::is_regular_file(p, ec)) return p.string();
+  }
+  return path;
+}
+
 static MethodConfig bind_method(ConfigReader m, int64_t total_steps) {
   MethodConfig c;
   c.name = m.get_choice("name", "", method_names());
@@ -147,6 +161,7 @@ static MethodConfig bind_method(ConfigReader m, int64_t total_steps) {
     c.solver = parse_solver(m.get_choice("solver", "heun", {"euler", "heun"}));
     c.teacher = m.require_string("teacher");
     c.exact_teacher = c.teacher == "exact";
+    if (!c.exact_teacher) c.teacher = shipped_file(c.teacher);
     c.init_from_teacher = m.get_bool("init_from_teacher", !c.exact_teacher);
   } else {
     c.init_from = m.get_string("init_from", "");
@@ -210,6 +225,7 @@ static EvalConfig bind_eval(ConfigReader e) {
   c.batch = e.get_int("batch", c.batch);
   c.ref = e.get_string("ref", c.ref);
   c.inception = e.get_string("inception", c.inception);
+  c.feature_net = e.get_string("feature_net", c.feature_net);
   c.seed = static_cast<uint64_t>(e.get_int("seed", static_cast<int64_t>(c.seed)));
   c.one_step = e.get_bool("one_step", c.one_step);
   c.ema = e.get_double("ema", c.ema);

@@ -112,6 +112,7 @@ struct EvalConfig {
   int64_t batch = 100;       // samples and Inception images per forward on each rank
   std::string ref;           // mu/sigma .npz or an image set; "" = the training dataset (statistics cached in run.dir)
   std::string inception;     // the TorchScript Inception; "" = $CM_INCEPTION or ~/.cache/cm/inception-2015-12-05.pt
+  std::string feature_net;   // "" / "inception" = FID; "fmnist" (or a classifier file) = FD_fmnist (recipes/eval/fmnist_features.h)
   uint64_t seed = 12345;     // sample noise seed, the same at every evaluation (the curve shows the model, not the noise)
   bool one_step = true;      // also one-step FID ("fid_1step") when sample.ts is multistep
   double ema = -1;           // the sampling EMA evaluated (one of train.ema_rates); < 0 = the first

@@ -44,6 +44,7 @@ struct TrainResult {
   double images_per_sec = 0;
   double fid = std::numeric_limits<double>::quiet_NaN();        // the last in-training FID ([eval]), NaN when off
   double fid_1step = std::numeric_limits<double>::quiet_NaN();  // its one-step companion, when measured
+  std::string fid_key = "fid";  // what that distance is: "fid", or "fd_fmnist" with eval.feature_net = "fmnist"
   std::map<std::string, double> quality;  // e.g. swd_1step, swd_2step, swd_data_floor (toys)
   std::string run_dir;
   int preempted_by = 0;  // the signal that stopped the run after a checkpoint (exit with kExitPreempted); 0 = finished
