@@ -19,6 +19,8 @@
 #include "support/mpi_launch.h"
 #include "support/paths.h"
 
+using cm::test::source_dir;
+
 namespace fs = std::filesystem;
 using namespace cm;
 
@@ -152,6 +154,21 @@ TEST_F(FmnistFeatures, TrainingReportsFdFmnistAtOneAndTwoSteps) {
   const std::string html = test::read_text(*dir_ + "/report.html");
   EXPECT_TRUE(test::contains(html, "FD_fmnist (in-training")) << "no FD_fmnist chart";
   EXPECT_TRUE(test::contains(html, "fd_fmnist_1step")) << "final figures missing";
+}
+
+// ts-search by FD_fmnist (what the Fashion-MNIST study uses to pick the second noise level).
+TEST_F(FmnistFeatures, TsSearchByFdFmnist) {
+  auto r = test::run_cm(fmt::format("ts-search fmnist28_cd --weights {0} --ref {1}/test --feature-net fmnist --from 5 --to 7 --stride 2 "
+                                    "--count 20 --batch 10 --json {1}/ts.json",
+                                    source_dir() + "/recipes/weights/fmnist28_edm.safetensors", *dir_));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_TRUE(test::contains(r.out, "FD_fmnist")) << r.out;
+  EXPECT_FALSE(test::contains(r.out, "FID")) << r.out;
+  const auto j = read_json(*dir_ + "/ts.json");
+  EXPECT_EQ(j.at("metric"), "fd_fmnist");
+  EXPECT_EQ(j.at("results").size(), 2u);
+  const int best = j.at("best").at("index").get<int>();
+  EXPECT_TRUE(best == 5 || best == 7) << best;
 }
 
 TEST_F(FmnistFeatures, ClearErrors) {
