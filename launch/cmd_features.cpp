@@ -64,7 +64,7 @@ FeatureStats stats_of(FeatureNetwork& net, const torch::Tensor& images, const st
 int train(const Args& args) {
   args.check_known({"data", "test", "out", "epochs", "batch", "lr", "weight-decay", "seed", "bf16", "count"});
   auto data = args.opt("data"), test = args.opt("test");
-  if (!data || !test) throw std::invalid_argument("cm features train needs --data TRAIN and --test TEST (see `cm features --help`)");
+  if (!data || !test) throw std::invalid_argument("train needs --data TRAIN and --test TEST (see `cm features --help`)");
   FmnistTrainOptions o;
   o.out = args.opt_or("out", "");
   o.epochs = args.int_or("epochs", o.epochs);
@@ -74,6 +74,8 @@ int train(const Args& args) {
   o.seed = static_cast<uint64_t>(args.int_or("seed", 0));
   o.bf16 = args.flag("bf16");
   if (o.lr <= 0 || o.weight_decay < 0) throw std::invalid_argument("--lr must be > 0 and --weight-decay >= 0");
+  if (o.out.empty()) throw std::invalid_argument("train needs --out FILE (the weights, rewritten after every epoch)");
+  if (o.epochs < 1 || o.batch < 2) throw std::invalid_argument("--epochs must be >= 1 and --batch >= 2");
   const auto dev = single_process_device();
   const LabelledImages tr = load_labelled_images(*data, args.int_or("count", 0)), te = load_labelled_images(*test);
   fmt::print("training the Fashion-MNIST feature classifier on {} (tested on {}), {} epochs, on {}\n", tr.description, te.description,
@@ -105,9 +107,9 @@ int accuracy(const Args& args, const std::vector<std::string>& plain) {
 int scale(const Args& args) {
   args.check_known({"data", "test", "feature-net", "count", "json"});
   auto data = args.opt("data"), test = args.opt("test");
-  if (!data || !test) throw std::invalid_argument("cm features scale needs --data TRAIN and --test TEST (see `cm features --help`)");
+  if (!data || !test) throw std::invalid_argument("scale needs --data TRAIN and --test TEST (see `cm features --help`)");
   FeatureNetwork net(FeatureNetwork::resolve(args.opt_or("feature-net", "fmnist"), ""), single_process_device());
-  if (net.is_inception()) throw std::invalid_argument("cm features scale is for the Fashion-MNIST feature network");
+  if (net.is_inception()) throw std::invalid_argument("scale is for the Fashion-MNIST feature network");
   const auto tr = load_labelled_images(*data), te = load_labelled_images(*test, args.int_or("count", 0));
   fmt::print("FD_fmnist scale: network {} (sha256 {})\nreference: {}\n", net.path(), net.sha256(), tr.description);
   const FeatureStats ref = stats_of(net, tr.images, tr.description);
@@ -135,11 +137,11 @@ int run(const std::vector<std::string>& argv) {
   if (wants_help(argv, kHelp)) return 0;
   Args args(argv, {"bf16"});
   const auto plain = args.plain();
-  if (plain.empty()) throw std::invalid_argument("cm features: say train, accuracy or scale (see `cm features --help`)");
+  if (plain.empty()) throw std::invalid_argument("say train, accuracy or scale (see `cm features --help`)");
   if (plain[0] == "train") return train(args);
   if (plain[0] == "accuracy") return accuracy(args, plain);
   if (plain[0] == "scale") return scale(args);
-  throw std::invalid_argument(fmt::format("cm features {}: not one of train, accuracy, scale", plain[0]));
+  throw std::invalid_argument(fmt::format("{}: not one of train, accuracy, scale", plain[0]));
 }
 
 CommandRegistration reg({"features", "the Fashion-MNIST feature network of FD_fmnist: train it, its accuracy, its scale", kHelp, run});
