@@ -109,6 +109,16 @@ TEST(Recipes, EveryRecipeResolves) {
 
 // `cm plan` on the published world with the run's files in place: no problem reported. Without them, each
 // missing file is named.
+// A stand-in teacher file where the recipe names one relative to the run's directory. A teacher that the
+// project ships (recipes/weights/...) resolves to its absolute path in the source tree when the recipe is
+// loaded; it exists and must never be written over (a stand-in there once replaced the shipped weights).
+void make_teacher_stand_in(const std::string& dir, const std::string& teacher) {
+  if (teacher.empty() || teacher == "exact" || fs::path(teacher).is_absolute()) return;
+  const fs::path p = fs::path(dir) / teacher;
+  fs::create_directories(p.parent_path());
+  std::ofstream(p) << "x";
+}
+
 TEST(Recipes, PaperRecipesPlanOnTheirPublishedWorld) {
   const std::string dir = cm::test::make_temp_dir("plan");
   const std::string lpips = dir + "/lpips.safetensors";
@@ -119,10 +129,7 @@ TEST(Recipes, PaperRecipesPlanOnTheirPublishedWorld) {
       fs::create_directories(fs::path(dir) / r.data_path);
       std::ofstream(fs::path(dir) / r.data_path / "manifest.json") << "{}";
     }
-    if (r.method.name == "cd") {
-      fs::create_directories((fs::path(dir) / r.method.teacher).parent_path());
-      std::ofstream(fs::path(dir) / r.method.teacher) << "x";
-    }
+    if (r.method.name == "cd") make_teacher_stand_in(dir, r.method.teacher);
     std::string out;
     const std::string cmd = fmt::format("cd {} && CM_LPIPS_WEIGHTS={} {} plan {} --quiet --nodes {} --gpus-per-node {} 2>&1",
                                         dir, lpips, cm::test::cm_binary(), p.recipe, p.nodes, p.gpus);
@@ -145,10 +152,7 @@ TEST(Recipes, CpuRecipesPlanOnTwoCpuRanks) {
       fs::create_directories(fs::path(dir) / r.data_path);
       std::ofstream(fs::path(dir) / r.data_path / "manifest.json") << "{}";
     }
-    if (r.method.name == "cd" && !r.method.teacher.empty()) {
-      fs::create_directories((fs::path(dir) / r.method.teacher).parent_path());
-      std::ofstream(fs::path(dir) / r.method.teacher) << "x";
-    }
+    if (r.method.name == "cd") make_teacher_stand_in(dir, r.method.teacher);
     std::string out;
     const std::string cmd = fmt::format("cd {} && {} plan {} --quiet --cpu-ranks 2 2>&1", dir, cm::test::cm_binary(), name);
     EXPECT_EQ(cm::test::run_command(cmd, &out), 0) << cmd << "\n" << out;
