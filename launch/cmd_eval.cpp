@@ -114,8 +114,8 @@ int evaluate(const Args& args, dist::Communicator* comm, torch::Device dev) {
   FeatureNetwork net(FeatureNetwork::resolve(args.opt_or("feature-net", ""), args.opt_or("inception", "")), dev);
   const std::string fd = net.metric_name();
   if (!net.is_inception() && !ref) throw std::invalid_argument(fmt::format("{} needs --ref REF (the training or test set, or its ref-stats)", fd));
+  // Explicit metrics were checked against --ref above; the defaults without --ref are "is" alone.
   std::set<std::string> metrics = parse_metrics(args.opt_or("metrics", ref ? (net.is_inception() ? "fid,is,pr" : "fid,pr") : "is"));
-  if (!ref && (metrics.count("fid") || metrics.count("pr"))) throw std::invalid_argument("fid and pr need --ref REF (see `cm eval --help`)");
   if (!net.is_inception() && metrics.count("is"))
     throw std::invalid_argument(fmt::format("--metrics is: the Inception Score needs the Inception network; {} has features only", net.path()));
 
