@@ -27,7 +27,8 @@ an N-point Karras grid (--grid, default the recipe's sample.grid), FID of --coun
 REF, on fewer samples than the final 50,000 (default 5,000). Candidates: i = A, A+S, ... <= B (default A = 1,
 B = N-2, S = 1); --refine then tries every index within S of the best one. Every candidate uses the same
 noise (--seed), so the differences are the sampler's. Prints a table and the best ts; --json FILE writes
-{"grid": N, "count": M, "results": [{"index": i, "sigma": s, "fid": f}, ...], "best": {...}}.
+{"grid": N, "count": M, "metric": "fid", "results": [{"index": i, "sigma": s, "fid": f}, ...], "best": {...}}
+(with --feature-net fmnist the figures are under "fd_fmnist", the network's hash under "feature_net_sha256").
 REF, --inception and --feature-net as in `cm eval` (--feature-net fmnist searches by FD_fmnist; a statistics .npz such as a VIRTUAL_*.npz or `cm eval ref-stats`
 output, or an image set). Under mpirun/srun the samples and features are split over the ranks.
 Denoised estimates are clipped to [-1, 1] before re-noising, as in `cm sample` (--no-clip: raw estimates).
@@ -118,12 +119,15 @@ void report(const Args& args, CandidateFids& fids) {
   const int64_t grid = fids.grid, count = fids.so.count;
   fmt::print("best: --ts 0,{},{} --grid {} (sigma {:.5g}), {} {:.4f} on {} samples\n", b.index, grid - 1, grid, b.sigma, fids.fnet.metric_name(), b.fid, count);
   if (auto j = args.opt("json")) {
+    // The figure under the metric's own key, as in `cm eval --json`: "fid" with Inception, "fd_fmnist" with the
+    // Fashion-MNIST network (never called FID); the network's SHA-256 likewise under its own key.
+    const std::string key = fids.fnet.metric_key(), sha_key = fids.fnet.is_inception() ? "inception_sha256" : "feature_net_sha256";
     std::string results;
-    for (auto& c : done) results += fmt::format("{}{{\"index\": {}, \"sigma\": {:.17g}, \"fid\": {:.17g}}}", results.empty() ? "" : ", ", c.index, c.sigma, c.fid);
-    // The figure is under "fid" for either network (the table's column); "metric" says which it is.
-    write_file_atomic(*j, fmt::format("{{\"grid\": {}, \"count\": {}, \"metric\": \"{}\", \"feature_net\": \"{}\", \"inception_sha256\": \"{}\", \"results\": [{}], \"best\": {{\"index\": {}, "
-                                      "\"sigma\": {:.17g}, \"fid\": {:.17g}}}}}\n",
-                                      grid, count, fids.fnet.metric_key(), fids.fnet.kind(), fids.fnet.sha256(), results, b.index, b.sigma, b.fid));
+    for (auto& c : done)
+      results += fmt::format("{}{{\"index\": {}, \"sigma\": {:.17g}, \"{}\": {:.17g}}}", results.empty() ? "" : ", ", c.index, c.sigma, key, c.fid);
+    write_file_atomic(*j, fmt::format("{{\"grid\": {}, \"count\": {}, \"metric\": \"{}\", \"feature_net\": \"{}\", \"{}\": \"{}\", \"results\": [{}], "
+                                      "\"best\": {{\"index\": {}, \"sigma\": {:.17g}, \"{}\": {:.17g}}}}}\n",
+                                      grid, count, key, fids.fnet.kind(), sha_key, fids.fnet.sha256(), results, b.index, b.sigma, key, b.fid));
     fmt::print("wrote {}\n", *j);
   }
 }

@@ -14,15 +14,22 @@
 # seen, training wall time, and RUN/<method>/samples.png grids.
 #
 #   launch/study_fmnist.sh [--out runs/study] [--images N] [--count N] [--search-count N] [--ranks R]
-#                          [--train-teacher [--teacher-steps S]] [--methods cd,ct,ict] [--no-setup]
+#                          [--threads T] [--train-teacher [--teacher-steps S]] [--methods teacher,cd,ct,ict]
+#                          [--no-setup]
 #
+# --methods picks the stages of this invocation (default all four; the table lists the stages named), so
+# stages can run side by side, one core each: e.g. `--methods ct --threads 1` beside `--methods teacher,cd
+# --threads 1`, then the default to write the whole table. --threads sets the compute threads of every
+# process (train.threads and OMP_NUM_THREADS); default: cm's own (cores / ranks).
 # Rerunning continues: a finished training is not redone (cm train resumes an interrupted one), a stage whose
-# output exists is skipped. Budgets measured on this project's 2-core machine: README.
+# output exists is skipped. The teacher's evaluation and the CD run record the teacher's SHA-256: a changed
+# teacher re-evaluates, and stops with a message if a CD run of another teacher is in the way.
+# Budgets measured on this project's 2-core machine: README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 out=runs/study images=38400 count=2000 search_count=1000 ranks=2 train_teacher=0 teacher_steps=1500
-methods=cd,ct,ict setup=1 batch=64
+methods=teacher,cd,ct,ict setup=1 batch=64 threads=0
 die() { echo "study: $*" >&2; exit 1; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -31,6 +38,7 @@ while [[ $# -gt 0 ]]; do
     --count) count=$2; shift 2 ;;
     --search-count) search_count=$2; shift 2 ;;
     --ranks) ranks=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
     --train-teacher) train_teacher=1; shift ;;
     --teacher-steps) teacher_steps=$2; shift 2 ;;
     --methods) methods=$2; shift 2 ;;
@@ -44,9 +52,19 @@ for v in images count search_count ranks teacher_steps; do
 done
 (( images % batch == 0 )) || die "--images $images must be a multiple of the batch, $batch"
 (( count >= 2 && search_count >= 2 )) || die "--count and --search-count must be >= 2"
+[[ "$threads" =~ ^[0-9]+$ ]] || die "--threads must be a non-negative integer, got '$threads'"
+train_threads=()
+if (( threads > 0 )); then export OMP_NUM_THREADS=$threads; train_threads=(train.threads="$threads"); fi
 steps=$(( images / batch ))
 IFS=, read -r -a method_list <<<"$methods"
-for m in "${method_list[@]}"; do [[ "$m" == cd || "$m" == ct || "$m" == ict ]] || die "--methods: '$m' is not cd, ct or ict"; done
+with_teacher=0 cm_methods=()
+for m in "${method_list[@]}"; do
+  case "$m" in
+    teacher) with_teacher=1 ;;
+    cd|ct|ict) cm_methods+=("$m") ;;
+    *) die "--methods: '$m' is not teacher, cd, ct or ict" ;;
+  esac
+done
 
 if (( setup )); then CM_BUILD_TARGET=cm bash launch/setup.sh; fi
 cm=./build/cm
@@ -81,30 +99,44 @@ if (( train_teacher )); then
   tdir=$out/teacher
   if [[ ! -f $tdir/final.json ]]; then
     t0=$(date +%s)
-    "${launch[@]}" train fmnist28_edm run.dir="$tdir" train.steps="$teacher_steps"
+    "${launch[@]}" train fmnist28_edm run.dir="$tdir" train.steps="$teacher_steps" "${train_threads[@]}"
     echo $(( $(date +%s) - t0 )) >"$tdir/study_train_s"
   fi
   teacher=$tdir/ema_0.999.safetensors
   [[ -f $teacher ]] || die "the teacher run $tdir left no ema_0.999.safetensors"
 fi
 [[ -f $teacher ]] || die "the teacher $teacher is missing (pass --train-teacher to train one)"
+teacher_sha=$(sha256sum "$teacher" | cut -c1-64)
 tdir_eval=$out/teacher_eval
-if [[ ! -f $tdir_eval/eval.json ]]; then
-  echo "study: teacher samples (EDM Heun, 18 steps = 35 evaluations), $count"
-  "${launch[@]}" sample fmnist28_edm --weights "$teacher" --count "$count" --out "$tdir_eval"
-  $cm eval "$tdir_eval"/samples_"${count}"x28x28x1.npz --ref "$ref" --feature-net fmnist --metrics fd --quiet --json "$tdir_eval/eval.json"
+if (( with_teacher )); then
+  if [[ -f $tdir_eval/eval.json && "$(cat "$tdir_eval/teacher.sha256" 2>/dev/null)" != "$teacher_sha" ]]; then
+    echo "study: the teacher changed since $tdir_eval was made: evaluating it again"
+    rm -rf "$tdir_eval"
+  fi
+  if [[ ! -f $tdir_eval/eval.json ]]; then
+    echo "study: teacher samples (EDM Heun, 18 steps = 35 evaluations), $count"
+    "${launch[@]}" sample fmnist28_edm --weights "$teacher" --count "$count" --out "$tdir_eval"
+    $cm eval "$tdir_eval"/samples_"${count}"x28x28x1.npz --ref "$ref" --feature-net fmnist --metrics fd --quiet --json "$tdir_eval/eval.json"
+    echo "$teacher_sha" >"$tdir_eval/teacher.sha256"
+  fi
 fi
 
 # --- the consistency models ---------------------------------------------------------------------------------
 rows=()
-for m in "${method_list[@]}"; do
+for m in "${cm_methods[@]}"; do
   dir=$out/$m recipe=fmnist28_$m
   extra=()
-  [[ $m == cd ]] && extra=(method.teacher="$teacher")
+  if [[ $m == cd ]]; then
+    extra=(method.teacher="$teacher")
+    if [[ -d $dir && "$(cat "$dir/teacher.sha256" 2>/dev/null)" != "$teacher_sha" ]]; then
+      die "$dir was distilled from another teacher than $teacher (sha256 $teacher_sha): remove $dir (or pick another --out) to distil this one"
+    fi
+    mkdir -p "$dir"; echo "$teacher_sha" >"$dir/teacher.sha256"
+  fi
   echo "study: $m: $recipe, $steps steps of batch $batch ($images images) on $ranks rank(s)"
   if [[ ! -f $dir/final.json ]]; then
     t0=$(date +%s)
-    "${launch[@]}" train "$recipe" run.dir="$dir" train.steps="$steps" train.batch="$batch" eval.every_images=0 "${extra[@]}"
+    "${launch[@]}" train "$recipe" run.dir="$dir" train.steps="$steps" train.batch="$batch" eval.every_images=0 "${extra[@]}" "${train_threads[@]}"
     prev=0; [[ -f $dir/study_train_s ]] && prev=$(cat "$dir/study_train_s")
     echo $(( prev + $(date +%s) - t0 )) >"$dir/study_train_s"
   fi
@@ -127,17 +159,21 @@ for m in "${method_list[@]}"; do
   rows+=("| $m ($recipe) | $fd1 | $fd2 (ts 0,$best,17: sigma $sigma) | $images | $(seconds_of "$dir") s | \`$dir/fd/1step/samples.png\`, \`$dir/fd/2step/samples.png\` |")
 done
 
-tfd=$(json "$tdir_eval/eval.json" 'round(d["fd_fmnist"], 2)')
 tsecs="shipped"
 (( train_teacher )) && tsecs="$(seconds_of "$out/teacher") s"
 sha=$(sha256sum recipes/weights/fmnist_features.safetensors | cut -c1-64)
+per=$ranks; (( threads > 0 )) && per="$ranks rank(s) x $threads thread(s)"
 {
   echo "FD_fmnist of $count samples against the Fashion-MNIST training split (feature network sha256 $sha);"
-  echo "floor at this count ($count test images): $floor. Budget per consistency model: $images images, $ranks CPU rank(s)."
+  echo "floor at this count ($count test images): $floor. Budget per consistency model: $images images, $per."
+  echo "Teacher: $teacher (sha256 $teacher_sha)."
   echo
   echo "| method | FD_fmnist, 1 step | FD_fmnist, 2 steps | images | training wall time | samples |"
   echo "|---|---|---|---|---|---|"
-  echo "| EDM teacher (Heun, 35 evaluations) | - | $tfd (35 NFE) | - | $tsecs | \`$tdir_eval/samples.png\` |"
+  if (( with_teacher )); then
+    tfd=$(json "$tdir_eval/eval.json" 'round(d["fd_fmnist"], 2)')
+    echo "| EDM teacher (Heun, 35 evaluations) | - | $tfd (35 NFE) | - | $tsecs | \`$tdir_eval/samples.png\` |"
+  fi
   printf '%s\n' "${rows[@]}"
 } | tee "$out/table.md"
 echo "study: wrote $out/table.md"

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 #include "source_revision.h"  // generated: git describe of the build
 #include "core/io/checkpoint_dir.h"       // write_file_atomic
+#include "core/io/sha256.h"              // the name of the reference statistics cache
 #include "core/metrics/fid.h"
 #include "core/image.h"
 #include "core/rng.h"
@@ -225,8 +226,13 @@ void FidDuringTraining::on_start(RunContext& run) {
   const std::string ref = e.ref.empty() ? run.recipe.data_path : e.ref;
   if (ref.empty()) throw ConfigError("eval.ref is empty and the recipe has no dataset.path to compute reference statistics from");
   const bool stats_file = fs::is_regular_file(ref) && fs::path(ref).extension() == ".npz" && data::npz_has(ref, "mu");
-  // Statistics in another network's features must never be mistaken for these: one cache per network kind.
-  const std::string cache = run.recipe.run.dir + (net_->is_inception() ? "/eval_ref_stats.npz" : "/eval_ref_stats_" + net_->kind() + ".npz");
+  // Statistics of another image set, or in another network's features, must never be mistaken for these: the
+  // cache is named by the network's kind and a digest of its file's SHA-256 and the reference path, so a resumed
+  // run that switched eval.feature_net, eval.inception or eval.ref computes its statistics afresh.
+  std::error_code ec;
+  const fs::path ref_abs = fs::weakly_canonical(fs::path(ref), ec);
+  const std::string key = sha256_hex(net_->sha256() + "\n" + (ec ? ref : ref_abs.string())).substr(0, 16);
+  const std::string cache = run.recipe.run.dir + "/eval_ref_stats_" + net_->kind() + "_" + key + ".npz";
   // An image set's statistics are computed once (all ranks) and kept in the run directory for resumed runs.
   int64_t cached = run.is_main() && !stats_file && fs::exists(cache) ? 1 : 0;
   if (comm) {

@@ -148,7 +148,15 @@ TEST_F(FmnistFeatures, TrainingReportsFdFmnistAtOneAndTwoSteps) {
   const auto final_json = read_json(run + "/final.json");
   EXPECT_GT(final_json.at("fd_fmnist").get<double>(), 0.0);
   EXPECT_GT(final_json.at("fd_fmnist_1step").get<double>(), 0.0);
-  EXPECT_TRUE(fs::exists(run + "/eval_ref_stats_fmnist.npz"));
+  int caches = 0;  // the statistics cache, in this network's features only (eval_ref_stats_fmnist_<digest>.npz)
+  for (const auto& e : fs::directory_iterator(run)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("eval_ref_stats", 0) == 0) {
+      ++caches;
+      EXPECT_EQ(name.rfind("eval_ref_stats_fmnist_", 0), 0u) << name;
+    }
+  }
+  EXPECT_EQ(caches, 1);
   std::string out;
   ASSERT_EQ(test::run_command(fmt::format("{} report {} --out {}/report.html 2>&1", test::cm_binary(), run, *dir_), &out), 0) << out;
   const std::string html = test::read_text(*dir_ + "/report.html");
@@ -167,6 +175,11 @@ TEST_F(FmnistFeatures, TsSearchByFdFmnist) {
   const auto j = read_json(*dir_ + "/ts.json");
   EXPECT_EQ(j.at("metric"), "fd_fmnist");
   EXPECT_EQ(j.at("results").size(), 2u);
+  EXPECT_GT(j.at("results").at(0).at("fd_fmnist").get<double>(), 0.0);  // under its own name, never "fid"
+  EXPECT_FALSE(j.at("results").at(0).contains("fid"));
+  EXPECT_FALSE(j.contains("inception_sha256"));
+  EXPECT_EQ(j.at("feature_net_sha256"), FeatureNetwork(shipped_fmnist_features(), torch::kCPU).sha256());
+  EXPECT_GT(j.at("best").at("fd_fmnist").get<double>(), 0.0);
   const int best = j.at("best").at("index").get<int>();
   EXPECT_TRUE(best == 5 || best == 7) << best;
 }

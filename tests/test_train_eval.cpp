@@ -73,11 +73,17 @@ TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
   EXPECT_NE(last, last_1step);
 
   // The cached reference statistics are the dataset's, as `cm eval ref-stats` computes them in one process.
-  ASSERT_TRUE(fs::exists(run + "/eval_ref_stats.npz"));
+  // One cache, named by the network kind and a digest of (network file, reference): eval_ref_stats_inception_<16 hex>.npz.
+  std::vector<std::string> caches;
+  for (const auto& e : fs::directory_iterator(run))
+    if (e.path().filename().string().rfind("eval_ref_stats_", 0) == 0) caches.push_back(e.path().string());
+  ASSERT_EQ(caches.size(), 1u);
+  const std::string cache = caches[0];
+  EXPECT_EQ(fs::path(cache).filename().string().size(), std::string("eval_ref_stats_inception_0123456789abcdef.npz").size()) << cache;
   ASSERT_EQ(test::run_command(fmt::format("{} eval ref-stats {}/data --out {}/ref.npz --inception {} --quiet 2>&1", test::cm_binary(), dir, dir, net),
                               &out), 0) << out;
   for (const char* k : {"mu", "sigma"})
-    EXPECT_LT((data::read_npz_tensor(run + "/eval_ref_stats.npz", k) - data::read_npz_tensor(dir + "/ref.npz", k)).abs().max().item<double>(), 1e-9)
+    EXPECT_LT((data::read_npz_tensor(cache, k) - data::read_npz_tensor(dir + "/ref.npz", k)).abs().max().item<double>(), 1e-9)
         << k;
 
   // The same FID from the saved EMA through cm sample and cm eval (same seed, count and sample.ts).
