@@ -11,7 +11,8 @@
 # of --count samples (default 2,000) against the training split: one step, and two steps with the second
 # noise level chosen by `cm ts-search --feature-net fmnist` (on --search-count samples); the teacher at its
 # Heun NFE (35). It writes RUN/table.md (and prints it): FD_fmnist at 1 and 2 steps, the chosen ts, images
-# seen, training wall time, and RUN/<method>/samples.png grids.
+# seen, training wall time, RUN/<method>/fd/<k>step/samples.png grids, and RUN/study_grid.png (a row per
+# model: one step on the left, two on the right; the teacher on the right).
 #
 #   launch/study_fmnist.sh [--out runs/study] [--images N] [--count N] [--search-count N] [--ranks R]
 #                          [--threads T] [--train-teacher [--teacher-steps S]] [--methods teacher,cd,ct,ict]
@@ -28,7 +29,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-out=runs/study images=38400 count=2000 search_count=1000 ranks=2 train_teacher=0 teacher_steps=1500
+out=runs/study images=38400 count=2000 search_count=1000 ranks=2 train_teacher=0 teacher_steps=2700
 methods=teacher,cd,ct,ict setup=1 batch=64 threads=0
 die() { echo "study: $*" >&2; exit 1; }
 while [[ $# -gt 0 ]]; do
@@ -177,3 +178,36 @@ per=$ranks; (( threads > 0 )) && per="$ranks rank(s) x $threads thread(s)"
   printf '%s\n' "${rows[@]}"
 } | tee "$out/table.md"
 echo "study: wrote $out/table.md"
+
+# --- one picture of every stage: a row per model, one step | two steps (the teacher: its 35 NFE) ---------------
+# The first 32 samples of each (every stage draws its noise from the same seed). numpy and zlib only.
+panels=()
+(( with_teacher )) && panels+=("teacher" "" "$tdir_eval/samples_${count}x28x28x1.npz")
+for m in "${cm_methods[@]}"; do panels+=("$m" "$out/$m/fd/1step/samples_${count}x28x28x1.npz" "$out/$m/fd/2step/samples_${count}x28x28x1.npz"); done
+"$py" - "$out/study_grid.png" "${panels[@]}" <<'PY'
+import struct, sys, zlib
+import numpy as np
+out, args = sys.argv[1], sys.argv[2:]
+rows, cols, px, gap = 4, 8, 28, 2
+def panel(path):
+    p = np.full((rows * (px + gap), cols * (px + gap)), 255, np.uint8)
+    if path:
+        x = np.load(path)["arr_0"][: rows * cols, :, :, 0]
+        for i, im in enumerate(x):
+            r, c = divmod(i, cols)
+            p[r * (px + gap) : r * (px + gap) + px, c * (px + gap) : c * (px + gap) + px] = im
+    return p
+lines = []
+for k in range(0, len(args), 3):
+    a, b = panel(args[k + 1]), panel(args[k + 2])
+    line = np.concatenate([a, np.full((a.shape[0], 8), 255, np.uint8), b], axis=1)
+    lines += [line, np.full((8, line.shape[1]), 255, np.uint8)]
+img = np.concatenate(lines[:-1], axis=0)
+raw = b"".join(b"\x00" + row.tobytes() for row in img)
+chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", img.shape[1], img.shape[0], 8, 0, 0, 0, 0)) \
+    + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+open(out + ".tmp", "wb").write(png)
+import os; os.replace(out + ".tmp", out)
+print("study: wrote %s (rows: %s; left one step, right two steps)" % (out, ", ".join(args[0::3])))
+PY
