@@ -162,8 +162,8 @@ done
 
 tsecs="shipped"
 (( train_teacher )) && tsecs="$(seconds_of "$out/teacher") s"
-sha=$(sha256sum recipes/weights/fmnist_features.safetensors | cut -c1-64)
-per=$ranks; (( threads > 0 )) && per="$ranks rank(s) x $threads thread(s)"
+sha=$(json "$floor_json" 'd["feature_net_sha256"]')   # the network cm eval used, as it named it
+per="$ranks CPU rank(s)"; (( threads > 0 )) && per="$ranks rank(s) x $threads thread(s)"
 {
   echo "FD_fmnist of $count samples against the Fashion-MNIST training split (feature network sha256 $sha);"
   echo "floor at this count ($count test images): $floor. Budget per consistency model: $images images, $per."
