@@ -53,6 +53,8 @@ struct EngineOptions {
   int64_t rank = 0, world = 1;
   int64_t global_batch = 1;
   int64_t micro_batches = 1;
+  int64_t lanes = 1;  // parts of each micro-batch computed at once on CPU threads (train.lanes, core/util/lanes.h)
+  int threads = 1;    // CPU threads the lanes run on (the rank's intra-op threads)
   uint64_t seed = 0;
   torch::Device device = torch::kCPU;
   Precision precision = Precision::Fp32;
@@ -75,6 +77,7 @@ class TrainEngine {
  private:
   Batch next_batch();
   torch::Tensor forward_backward(const Batch& batch, int64_t k, double scale);
+  torch::Tensor forward_backward_lanes(const Batch& batch, int64_t k, double scale);
   bool gradients_finite(const torch::Tensor& loss_sum, double* loss_value);
   void apply(int64_t k, double scale);
 

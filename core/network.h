@@ -15,6 +15,10 @@ class ConfigReader;
 struct NetworkImpl : torch::nn::Module {
   virtual torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& noise_labels,
                                 const torch::Tensor& class_labels) = 0;
+  // Whether forward() in training mode draws random numbers (dropout, label dropout): those come from the
+  // device's default generator, so such passes cannot run concurrently (train.lanes). An architecture
+  // that does not say is taken to draw.
+  virtual bool draws_random_numbers() const { return true; }
   ~NetworkImpl() override = default;
 };
 using NetworkPtr = std::shared_ptr<NetworkImpl>;

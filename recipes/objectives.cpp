@@ -50,8 +50,15 @@ torch::Tensor rows_randn(const StepInfo& s, uint64_t stream, torch::IntArrayRef 
   std::vector<torch::Tensor> rows;
   rows.reserve(static_cast<size_t>(s.rows.count));
   for (int64_t i = 0; i < s.rows.count; ++i) {
-    seed_default_generator(s.device, derive_seed(s.seed, stream, static_cast<uint64_t>(s.step), static_cast<uint64_t>(s.rows.offset + i)));
-    rows.push_back(torch::randn(per_sample_shape, opts));
+    const uint64_t seed = derive_seed(s.seed, stream, static_cast<uint64_t>(s.step), static_cast<uint64_t>(s.rows.offset + i));
+    if (s.device.is_cpu()) {
+      // A generator of the row's own, seeded as the default one would be (the same numbers), so that
+      // concurrent micro-batches (train.lanes) do not share one.
+      rows.push_back(torch::randn(per_sample_shape, cpu_generator(seed), opts));
+    } else {
+      seed_default_generator(s.device, seed);
+      rows.push_back(torch::randn(per_sample_shape, opts));
+    }
   }
   return torch::stack(rows);
 }

@@ -78,8 +78,9 @@ class ProgressLog : public TrainObserver {
     last_logged_step_ = run.start_step;
     if (!run.is_main() || run.options.quiet) return;
     const Recipe& r = run.recipe;
-    fmt::print("cm train: recipe {} | method {} | {} | {} parameters | device {} | {} rank(s)\n", r.name, r.method.name,
-               run.data.describe(), count_parameters(*run.objective.student()), run.device.str(), run.options.world);
+    fmt::print("cm train: recipe {} | method {} | {} | {} parameters | device {} | {} rank(s) | {} thread(s){}\n", r.name,
+               r.method.name, run.data.describe(), count_parameters(*run.objective.student()), run.device.str(), run.options.world,
+               run.threads, run.lanes > 1 ? fmt::format(", {} lanes", run.lanes) : "");
     fmt::print("run directory: {}\n", fs::absolute(r.run.dir).string());
     std::fflush(stdout);
   }

@@ -37,6 +37,7 @@ static TrainConfig bind_train(ConfigReader t) {
   c.seed = static_cast<uint64_t>(t.get_int("seed", 0));
   c.device = t.get_choice("device", "auto", {"auto", "cpu", "cuda"});
   c.threads = t.get_int("threads", 0);
+  c.lanes = t.get_int("lanes", 0);
   c.log_every = t.get_int("log_every", c.log_every);
   c.sample_every = t.get_int("sample_every", c.sample_every);
   c.check_every = t.get_int("check_every", c.check_every);
@@ -61,6 +62,7 @@ static TrainConfig bind_train(ConfigReader t) {
     throw ConfigError(fmt::format("'train.beta1' = {} and 'train.beta2' = {} must be in [0, 1)", o.beta1, o.beta2));
   if (!(o.eps > 0)) throw ConfigError(fmt::format("'train.adam_eps' = {} must be positive", o.eps));
   if (c.threads < 0) throw ConfigError(fmt::format("'train.threads' = {} must be >= 0 (0 = cores / ranks on the node)", c.threads));
+  if (c.lanes < 0) throw ConfigError(fmt::format("'train.lanes' = {} must be >= 0 (0 = auto)", c.lanes));
   if (c.watchdog_s < 0) throw ConfigError(fmt::format("'train.watchdog_s' = {} must be >= 0 (0 = no watchdog)", c.watchdog_s));
   if (c.sample_every < 0) throw ConfigError(fmt::format("'train.sample_every' = {} must be >= 0 (0 = only at the end)", c.sample_every));
   if (c.check_every < 0) throw ConfigError(fmt::format("'train.check_every' = {} must be >= 0 (0 = only at the end)", c.check_every));

@@ -28,6 +28,10 @@ struct TrainConfig {
   uint64_t seed = 0;
   std::string device = "auto";  // auto | cpu | cuda
   int64_t threads = 0;          // intra-op threads per rank, 0 = cores / local ranks
+  // CPU: parts of each micro-batch whose forward and backward run at once, one per thread with single-
+  // threaded kernels (core/engine.h); 0 = auto (as many as threads when the network draws no random
+  // numbers and the micro-batch divides; 1 on a GPU).
+  int64_t lanes = 0;
   int64_t log_every = 100;
   int64_t sample_every = 0;     // steps between sample pictures, 0 = only at the end
   int64_t check_every = 0;      // steps between cross-rank identity checks of the weights, 0 = at the end only

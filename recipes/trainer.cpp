@@ -11,6 +11,7 @@
 #include "core/compat.h"        // cuda_available
 #include "core/rng.h"
 #include "core/rng_streams.h"
+#include "core/util/lanes.h"       // lanes_run_concurrently: train.lanes = 0 picks lanes only where they run at once
 #include "distributed/communicator.h"  // the rank's device
 #include "distributed/rank_checksums.h"   // check_same_on_all_ranks
 #include "distributed/guard.h"         // set_step: the step named by watchdog and abort messages
@@ -104,7 +105,34 @@ torch::Device single_process_device(const std::string& want, int64_t local_rank,
   return dist::pick_device(want, compat::cuda_available(), static_cast<int>(local_rank), static_cast<int>(local_size), gpus, true, host);
 }
 
+// train.lanes for this run: explicit values are checked (a clear error rather than a silent fallback),
+// 0 picks the number of intra-op threads, or the largest count up to it that divides the micro-batch, on a
+// CPU whose network draws no random numbers, where this build runs lanes at once; 1 otherwise. (An explicit
+// count without that concurrency still trains alike, one lane after another.)
+int64_t resolve_lanes(const TrainConfig& tc, torch::Device device, int64_t threads, int64_t world, const NetworkImpl& net) {
+  const int64_t micro = tc.batch / std::max<int64_t>(1, world) / tc.micro_batches;
+  if (tc.lanes == 1) return 1;
+  if (tc.lanes > 1) {
+    if (!device.is_cpu())
+      throw ConfigError(fmt::format("train.lanes = {} is for CPU training (this run is on {}); leave it 0 or 1", tc.lanes, device.str()));
+    if (net.draws_random_numbers())
+      throw ConfigError(fmt::format("train.lanes = {} needs a network without dropout (its masks come from one shared "
+                                    "generator, so its passes cannot run at once): set model.dropout = 0 or train.lanes = 1",
+                                    tc.lanes));
+    if (micro % tc.lanes != 0)
+      throw ConfigError(fmt::format("train.lanes = {} does not divide the micro-batch of {} rows per rank (train.batch {} / {} "
+                                    "rank(s) / train.micro_batches {})", tc.lanes, micro, tc.batch, world, tc.micro_batches));
+    return tc.lanes;
+  }
+  if (!device.is_cpu() || net.draws_random_numbers() || !lanes_run_concurrently()) return 1;
+  for (int64_t l = std::min(threads, micro); l > 1; --l)
+    if (micro % l == 0) return l;
+  return 1;
+}
+
 }  // namespace
+
+int64_t Trainer::lanes() const { return engine_->options().lanes; }
 
 Trainer::~Trainer() {
   if (opt_.comm) opt_.comm->set_timeline(nullptr);  // the communicator outlives the trainer and its timeline
@@ -160,6 +188,8 @@ void Trainer::build_parts() {
   EngineParts parts{data_.get(), objective_.get(), optimizer_.get(), emas_.get(), &scaler_, reducer_.get(), tracer_.get()};
   EngineOptions eo;
   eo.rank = opt_.rank, eo.world = opt_.world, eo.global_batch = tc.batch, eo.micro_batches = tc.micro_batches;
+  eo.threads = torch::get_num_threads();
+  eo.lanes = resolve_lanes(tc, device_, eo.threads, opt_.world, *objective_->student());
   eo.seed = tc.seed, eo.device = device_, eo.precision = tc.precision, eo.faults = faults_of(recipe_.debug, opt_.rank);
   engine_ = std::make_unique<TrainEngine>(parts, eo);
 
@@ -248,6 +278,7 @@ TrainResult Trainer::run() {
   // Checkpoints (recipes/checkpoint.h): continue from the newest committed one, if any.
   checkpoints_ = std::make_unique<CheckpointCoordinator>(recipe_, state_, CheckpointCoordinator::Options{opt_.rank, opt_.world, opt_.comm.get(), opt_.quiet});
   RunContext ctx{recipe_, opt_, device_, *data_, *objective_, *emas_, scaler_};
+  ctx.threads = torch::get_num_threads(), ctx.lanes = lanes();
   ctx.start_step = checkpoints_->resume();
   if (ctx.start_step > 0) check_ranks_identical(ctx, ctx.start_step);
   for (auto& o : observers_) o->on_start(ctx);

@@ -60,7 +60,8 @@ struct RunContext {
   EmaSet& emas;
   LossScaler& scaler;
   int64_t start_step = 0;  // steps taken before this process started (resume)
-  std::chrono::steady_clock::time_point t0;
+  int64_t threads = 1, lanes = 1;  // intra-op threads of this rank, and train.lanes as resolved
+  std::chrono::steady_clock::time_point t0{};
   // Seconds spent on work that is not training (FID during training): images/s leaves them out.
   double excluded_s = 0;
   bool is_main() const { return options.rank == 0; }
@@ -99,6 +100,7 @@ class Trainer {
   Optimizer& optimizer() { return *optimizer_; }
   const Recipe& recipe() const { return recipe_; }
   torch::Device device() const { return device_; }
+  int64_t lanes() const;  // train.lanes as resolved for this run
   CheckpointCoordinator* checkpoints() { return checkpoints_.get(); }  // after run() has started
   // The parts of the training state, in checkpoint order: model, emas, optimizer, data, loss_scaler.
   const TrainState& state() const { return state_; }

@@ -84,6 +84,7 @@ class AdmUNetImpl : public NetworkImpl {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& noise_labels,
                         const torch::Tensor& class_labels) override;
   const AdmOptions& options() const { return opt_; }
+  bool draws_random_numbers() const override { return opt_.dropout > 0; }
 
  private:
   AdmOptions opt_;

@@ -20,6 +20,7 @@ class MlpImpl : public NetworkImpl {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& noise_labels,
                         const torch::Tensor& class_labels) override;
   const MlpOptions& options() const { return opt_; }
+  bool draws_random_numbers() const override { return opt_.dropout > 0; }
 
  private:
   MlpOptions opt_;

@@ -63,6 +63,7 @@ class SongUNetImpl : public NetworkImpl {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& noise_labels,
                         const torch::Tensor& class_labels) override;
   const SongUNetOptions& options() const { return opt_; }
+  bool draws_random_numbers() const override { return opt_.dropout > 0 || opt_.label_dropout > 0; }
 
  private:
   // One entry of enc / dec, in order, with what the forward pass does with it.
