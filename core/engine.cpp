@@ -41,6 +41,7 @@ Batch TrainEngine::next_batch() {
   RECORD_USER_SCOPE("cm::data");
   Batch batch = p_.data->next();
   batch.x = batch.x.to(o_.device, /*non_blocking=*/true);
+  if (o_.channels_last && batch.x.dim() == 4) batch.x = batch.x.contiguous(torch::MemoryFormat::ChannelsLast);
   if (batch.labels.defined()) batch.labels = batch.labels.to(o_.device, true);
   return batch;
 }

@@ -55,6 +55,7 @@ struct EngineOptions {
   int64_t micro_batches = 1;
   int64_t lanes = 1;  // parts of each micro-batch computed at once on CPU threads (train.lanes, core/util/lanes.h)
   int threads = 1;    // CPU threads the lanes run on (the rank's intra-op threads)
+  bool channels_last = false;  // image batches in channels-last layout (train.channels_last)
   uint64_t seed = 0;
   torch::Device device = torch::kCPU;
   Precision precision = Precision::Fp32;

@@ -39,4 +39,12 @@ NetworkPtr make_network(ConfigReader& model_cfg, const ModelShape& shape);
 
 int64_t count_parameters(torch::nn::Module& m);
 
+// train.channels_last: every 4-D parameter and buffer of `m` (convolution weights) in channels-last layout
+// (NHWC strides, the same values), so the convolutions fed by them run NHWC kernels (on CUDA the layout
+// tensor cores want). Tensors keep their identity (set_data), so it may be applied to a module whose
+// parameters others already hold. Returns how many tensors were changed.
+int64_t to_channels_last(torch::nn::Module& m);
+// Whether `m` has a 4-D parameter, i.e. a convolution that channels_last would change.
+bool has_4d_parameters(torch::nn::Module& m);
+
 }  // namespace cm

@@ -42,4 +42,23 @@ int64_t count_parameters(torch::nn::Module& m) {
   return n;
 }
 
+int64_t to_channels_last(torch::nn::Module& m) {
+  torch::NoGradGuard ng;
+  int64_t changed = 0;
+  auto convert = [&](torch::Tensor& t) {
+    if (!t.defined() || t.dim() != 4 || t.is_contiguous(torch::MemoryFormat::ChannelsLast)) return;
+    t.set_data(t.contiguous(torch::MemoryFormat::ChannelsLast));
+    ++changed;
+  };
+  for (auto& p : m.parameters()) convert(p);
+  for (auto& b : m.buffers()) convert(b);
+  return changed;
+}
+
+bool has_4d_parameters(torch::nn::Module& m) {
+  for (const auto& p : m.parameters())
+    if (p.dim() == 4) return true;
+  return false;
+}
+
 }  // namespace cm

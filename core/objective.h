@@ -39,6 +39,9 @@ class Objective {
 
   // Moves every network the objective uses (student, target, teacher, LPIPS) to the device.
   virtual void to(torch::Device d) { student_->to(d); }
+  // train.channels_last: the convolution weights of every network it uses in channels-last layout
+  // (core/network.h to_channels_last); before the optimizer, the EMAs and the gradient buckets are made.
+  virtual void to_channels_last() { cm::to_channels_last(*student_); }
 
   NetworkPtr student() const { return student_; }
   const Preconditioning& precond() const { return precond_; }

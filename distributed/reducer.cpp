@@ -20,7 +20,10 @@ std::string shape_str(const torch::Tensor& t) { return fmt::format("[{}]", fmt::
 torch::Tensor slice_of(const torch::Tensor& flat, int64_t offset, const torch::Tensor& like) {
   torch::NoGradGuard no_grad;
   torch::Tensor t = torch::empty({0}, flat.options());
-  t.set_(flat.storage(), flat.storage_offset() + offset, like.sizes());
+  // The parameter's own strides when it is dense (a channels-last convolution weight: its gradient then has
+  // the layout backward writes, and the bucket still holds numel() contiguous elements), else contiguous.
+  if (like.is_non_overlapping_and_dense()) t.set_(flat.storage(), flat.storage_offset() + offset, like.sizes(), like.strides());
+  else t.set_(flat.storage(), flat.storage_offset() + offset, like.sizes());
   return t;
 }
 

@@ -283,9 +283,9 @@ int bench(const Args& args, Recipe r, const dist::World* world) {
   const int64_t ranks = o.world;
   fmt::print("recipe        {} ({}, {} parameters), precision {}, device {}{}\n", r.name, stats.arch, with_commas(stats.parameters),
              to_string(precision), dev.str(), peak.gpu.empty() ? "" : " (" + peak.gpu + ")");
-  fmt::print("batch         {} per rank x {} rank{} (micro-batches {}, lanes {} on {} thread{}), {} warm-up + {} timed steps\n", per_rank,
+  fmt::print("batch         {} per rank x {} rank{} (micro-batches {}, lanes {} on {} thread{}{}), {} warm-up + {} timed steps\n", per_rank,
              ranks, ranks == 1 ? "" : "s", r.train.micro_batches, trainer.lanes(), torch::get_num_threads(),
-             torch::get_num_threads() == 1 ? "" : "s", warmup, steps);
+             torch::get_num_threads() == 1 ? "" : "s", trainer.channels_last() ? ", channels-last" : "", warmup, steps);
   fmt::print("step          {:.4f} s mean (min {:.4f}, max {:.4f})\n", t.mean, t.min, t.max);
   fmt::print("images/s      {:.1f} per rank, {:.1f} for the job\n", img_s, img_s * double(ranks));
   fmt::print("work          {:.0f} forward-equivalents x {:.4g} GFLOP = {:.4g} GFLOP per image{}\n", flops.forwards,
@@ -323,10 +323,10 @@ int bench(const Args& args, Recipe r, const dist::World* world) {
   }
   if (auto j = args.opt("json")) {
     std::ofstream f(*j);
-    f << fmt::format("{{\"recipe\": \"{}\", \"parameters\": {}, \"precision\": \"{}\", \"device\": \"{}\", \"gpu\": \"{}\", \"ranks\": {}, \"batch_per_rank\": {}, \"lanes\": {}, \"threads\": {}, "
+    f << fmt::format("{{\"recipe\": \"{}\", \"parameters\": {}, \"precision\": \"{}\", \"device\": \"{}\", \"gpu\": \"{}\", \"ranks\": {}, \"batch_per_rank\": {}, \"lanes\": {}, \"threads\": {}, \"channels_last\": {}, "
                      "\"step_s\": {:.6f}, \"step_s_min\": {:.6f}, \"images_per_s_rank\": {:.3f}, \"images_per_s_job\": {:.3f}, "
                      "\"gflop_per_image\": {:.8g}, \"tflops_rank\": {:.4f}, \"peak_fraction\": {:.4f}, \"peak_memory_gb\": {:.3f}}}\n",
-                     r.name, stats.parameters, to_string(precision), dev.str(), peak.gpu, ranks, per_rank, trainer.lanes(), torch::get_num_threads(), t.mean, t.min, img_s, img_s * double(ranks),
+                     r.name, stats.parameters, to_string(precision), dev.str(), peak.gpu, ranks, per_rank, trainer.lanes(), torch::get_num_threads(), trainer.channels_last(), t.mean, t.min, img_s, img_s * double(ranks),
                      flops.per_image / 1e9, tflops, peak.tflops > 0 ? tflops / peak.tflops : -1.0, peak_gb);
     if (!f) throw std::runtime_error("cannot write " + *j);
   }

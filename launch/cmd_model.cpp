@@ -31,7 +31,8 @@ summary  Build the recipe's network (model table; image shape from dataset.resol
          of the training memory per GPU at a per-GPU batch B (default 32): fp32 weights, gradients, two
          optimizer moments (Adam/RAdam), N extra weight copies (--emas, default 1: the target network; add
          the sampling EMAs and, for CD, the teacher), and the activations kept for the backward pass
-         (estimated as the sum of intermediate outputs; --fp16 counts them at 2 bytes).
+         (estimated as the sum of intermediate outputs; --fp16: of a pass under autocast, bf16 / fp16 training,
+         each output at the width autocast gives it: 2 bytes for convolutions and matmuls, 4 where it keeps fp32).
 check    Load WEIGHTS into the recipe's network; on a mismatch print every missing, unexpected and
          mis-shaped name. --prefix P uses only the entries under P (e.g. "model." for {"model": state_dict}).
 convert  Write the tensors of a torch.save file (zip format) as safetensors; --select KEY keeps the entries
@@ -45,8 +46,8 @@ int run_summary(const Args& args, const std::vector<std::string>& plain) {
   const int64_t emas = args.int_or("emas", 1);
   if (batch < 1 || emas < 0) throw std::invalid_argument("--batch-per-gpu must be >= 1 and --emas >= 0");
   const Config cfg = Config::compose(plain[0], args.overrides());
-  const ModelStats s = measure_model(cfg);
-  const MemoryEstimate mem = estimate_memory(s, batch, emas, args.flag("fp16"));
+  const ModelStats s = measure_model(cfg, args.flag("fp16"));
+  const MemoryEstimate mem = estimate_memory(s, batch, emas);
   const double macs = s.ops.macs();
   const double act_bytes = mem.activations_per_image;
   const double w = mem.weights;

@@ -166,11 +166,12 @@ WorkPlan plan_work(const Recipe& r, const WorldPlan& w, std::vector<std::string>
   for (auto& problem : batch_split_problems(r.train, w.world)) problems.push_back(problem);
   const int64_t micro = r.train.micro_batches;
   p.micro_size = std::max<int64_t>(1, p.per_rank / micro);
-  p.stats = measure_model(r.config);
+  const bool half = r.train.precision == Precision::Bf16 || r.train.precision == Precision::Fp16;
+  p.stats = measure_model(r.config, half);  // activations at the widths autocast gives them in bf16 / fp16
   const bool has_target = r.method.has_target_network();
   p.lpips = r.method.is_consistency() && r.method.metric == Metric::Lpips;
   p.copies = (has_target ? 1 : 0) + static_cast<int64_t>(r.train.ema_rates.size()) + (r.method.learned_teacher() ? 1 : 0);
-  p.mem = estimate_memory(p.stats, p.micro_size, p.copies, false);
+  p.mem = estimate_memory(p.stats, p.micro_size, p.copies);
   p.lpips_bytes = p.lpips ? 4.0 * kLpipsParameters : 0.0;
   p.mem_total = p.mem.total + p.lpips_bytes;
   p.work = training_flops(r, p.stats);  // forward-equivalents per image (launch/model_stats.h)
@@ -222,9 +223,10 @@ void print_plan(const Args& args, const Recipe& r, const WorldPlan& w, const Wor
   fmt::print("  compute       {:.0f} forward-equivalents per image -> {:.1f} GFLOPs per image, {:.1f} TFLOPs per step "
              "(network only{})\n",
              p.work.forwards, p.work.per_image / 1e9, p.work.per_image * r.train.batch / 1e12, p.lpips ? ", LPIPS not counted" : "");
-  fmt::print("  memory/rank   {} = weights {} + grads {} + RAdam {} + {} copies {} + activations {} x {:.2f} MB{}\n",
+  fmt::print("  memory/rank   {} = weights {} + grads {} + RAdam {} + {} copies {} + activations {} x {:.2f} MB ({}){}\n",
              gb(p.mem_total), gb(mem.weights), gb(mem.gradients), gb(mem.optimizer), p.copies, gb(mem.copies), p.micro_size,
-             mem.activations_per_image / 1e6, p.lpips ? fmt::format(" + LPIPS {}", gb(p.lpips_bytes)) : std::string());
+             mem.activations_per_image / 1e6, to_string(r.train.precision),
+             p.lpips ? fmt::format(" + LPIPS {}", gb(p.lpips_bytes)) : std::string());
   const double ips = args.double_or("images-per-second", 0.0);
   if (ips > 0)
     fmt::print("  wall time     {} at {:.0f} images/s ({:.2f} s per step)\n", duration(p.images_total / ips), ips,

@@ -7,12 +7,16 @@
 // exactly: convolutions from the weight and output shapes, linear layers and matmuls from their operands,
 // fused attention from q, k, v. Only the outermost counted operator is counted (a linear is not counted again
 // as the addmm inside it). The same pass sums the per-image sizes of the intermediate outputs, which is the
-// activation-memory estimate.
+// activation-memory estimate (for bf16 / fp16 training the pass runs under autocast, so each output has the
+// width it has in training).
 #include "launch/model_stats.h"
 
+#include <ATen/autocast_mode.h>
 #include <ATen/record_function.h>
+#include <optional>
 #include <torch/torch.h>
 #include "core/config.h"
+#include "core/precision.h"
 #include "core/nets/layers.h"
 #include "recipes/recipe.h"
 
@@ -169,7 +173,7 @@ NetworkPtr build_model(const Config& cfg, const ModelShape& shape, std::string* 
   return net;
 }
 
-ModelStats measure_model(const Config& cfg) {
+ModelStats measure_model(const Config& cfg, bool half_activations) {
   ModelStats s;
   s.shape = model_shape(cfg);
   ShapeOnlyParams shape_only;
@@ -183,8 +187,22 @@ ModelStats measure_model(const Config& cfg) {
   auto labels = s.shape.num_classes > 0 ? torch::zeros({0}, torch::kLong) : torch::Tensor();
   net->train();  // dropout masks count as activations when dropout is on
   torch::NoGradGuard ng;
-  OpCounter counter(s.ops);
-  net->forward(x, noise, labels);
+  // bf16 / fp16 training: the pass runs under autocast (CPU autocast to bfloat16, 2 bytes as float16), so each
+  // output is counted at the width autocast gives it: convolution and matmul outputs at 2 bytes, what autocast
+  // keeps in float32 (norms, softmax, the float32 sums) at 4. Its weight-cast cache is off: the shape-only
+  // weights are cast one operator at a time and freed.
+  std::optional<AutocastScope> autocast;
+  const bool cache = at::autocast::is_autocast_cache_enabled();
+  if (half_activations) {
+    at::autocast::set_autocast_cache_enabled(false);
+    autocast.emplace(Precision::Bf16, torch::Device(torch::kCPU));
+  }
+  {
+    OpCounter counter(s.ops);
+    net->forward(x, noise, labels);
+  }
+  autocast.reset();
+  at::autocast::set_autocast_cache_enabled(cache);
   return s;
 }
 
@@ -197,11 +215,11 @@ std::string with_commas(int64_t v) {
   return o;
 }
 
-MemoryEstimate estimate_memory(const ModelStats& s, int64_t batch_per_gpu, int64_t weight_copies, bool fp16) {
+MemoryEstimate estimate_memory(const ModelStats& s, int64_t batch_per_gpu, int64_t weight_copies) {
   MemoryEstimate m;
   const double w = 4.0 * static_cast<double>(s.parameters);
   m.weights = w, m.gradients = w, m.optimizer = 2 * w, m.copies = static_cast<double>(weight_copies) * w;
-  m.activations_per_image = s.ops.activation_bytes * (fp16 ? 0.5 : 1.0);
+  m.activations_per_image = s.ops.activation_bytes;
   m.activations = static_cast<double>(batch_per_gpu) * m.activations_per_image;
   m.total = m.weights + m.gradients + m.optimizer + m.copies + m.activations;
   return m;

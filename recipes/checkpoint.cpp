@@ -89,7 +89,7 @@ const std::vector<std::string>& resume_mutable_keys() {
   static const std::vector<std::string> k = {"checkpoint",        "resume",           "run",
                                              "debug",             "sample",           "eval",    "train.steps",
                                              "train.log_every",   "train.sample_every", "train.check_every",
-                                             "train.watchdog_s",  "train.threads",    "train.lanes",   "train.device",
+                                             "train.watchdog_s",  "train.threads",    "train.lanes", "train.channels_last",   "train.device",
                                              "train.max_nonfinite_steps",
                                              "method.curriculum_steps", "dist",  // communication layout only
                                              "dataset.loader_threads", "dataset.prefetch", "dataset.io",

@@ -195,6 +195,12 @@ class ConsistencyObjective : public Objective {
     if (teacher_net_) teacher_net_->to(d);
     if (lpips_) lpips_->to(d);
   }
+  void to_channels_last() override {
+    cm::to_channels_last(*student_);
+    if (target_) cm::to_channels_last(*target_);
+    if (teacher_net_) cm::to_channels_last(*teacher_net_);
+    if (lpips_) cm::to_channels_last(*lpips_);
+  }
 
  private:
   // Pair index n in [0, N-2] per row (from the step's curriculum grid and the method's pair sampling), and

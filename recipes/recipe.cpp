@@ -38,6 +38,7 @@ static TrainConfig bind_train(ConfigReader t) {
   c.device = t.get_choice("device", "auto", {"auto", "cpu", "cuda"});
   c.threads = t.get_int("threads", 0);
   c.lanes = t.get_int("lanes", 0);
+  c.channels_last = t.get_choice("channels_last", "auto", {"auto", "on", "off"});
   c.log_every = t.get_int("log_every", c.log_every);
   c.sample_every = t.get_int("sample_every", c.sample_every);
   c.check_every = t.get_int("check_every", c.check_every);

@@ -32,6 +32,9 @@ struct TrainConfig {
   // threaded kernels (core/engine.h); 0 = auto (as many as threads when the network draws no random
   // numbers and the micro-batch divides; 1 on a GPU).
   int64_t lanes = 0;
+  // Convolution weights and input batches in channels-last (NHWC) layout: "auto" (on for CUDA runs of
+  // convolution networks, off on the CPU), "on", "off".
+  std::string channels_last = "auto";
   int64_t log_every = 100;
   int64_t sample_every = 0;     // steps between sample pictures, 0 = only at the end
   int64_t check_every = 0;      // steps between cross-rank identity checks of the weights, 0 = at the end only

@@ -130,9 +130,19 @@ int64_t resolve_lanes(const TrainConfig& tc, torch::Device device, int64_t threa
   return 1;
 }
 
+// train.channels_last for this run: auto = on for a CUDA run of a network with convolutions (NHWC is the
+// layout cuDNN's tensor-core convolutions use; NCHW costs transposes around each), off on the CPU (measured
+// on this project's CPU: a few percent either way, README "The training step against the reference").
+bool resolve_channels_last(const TrainConfig& tc, torch::Device device, NetworkImpl& net) {
+  if (tc.channels_last == "off") return false;
+  if (tc.channels_last == "on") return has_4d_parameters(net);
+  return device.is_cuda() && has_4d_parameters(net);
+}
+
 }  // namespace
 
 int64_t Trainer::lanes() const { return engine_->options().lanes; }
+bool Trainer::channels_last() const { return engine_->options().channels_last; }
 
 Trainer::~Trainer() {
   if (opt_.comm) opt_.comm->set_timeline(nullptr);  // the communicator outlives the trainer and its timeline
@@ -166,6 +176,8 @@ void Trainer::build_parts() {
   torch::manual_seed(derive_seed(tc.seed, rng_stream::kInit));
   objective_ = make_objective(recipe_, deps);
   objective_->to(device_);
+  const bool channels_last = resolve_channels_last(tc, device_, *objective_->student());
+  if (channels_last) objective_->to_channels_last();  // before the buckets, the EMAs and the optimizer state copy them
   objective_->student()->train();
   if (opt_.world > 1) {
     if (!opt_.comm) throw std::logic_error("Trainer: world > 1 needs a communicator");
@@ -190,6 +202,7 @@ void Trainer::build_parts() {
   eo.rank = opt_.rank, eo.world = opt_.world, eo.global_batch = tc.batch, eo.micro_batches = tc.micro_batches;
   eo.threads = torch::get_num_threads();
   eo.lanes = resolve_lanes(tc, device_, eo.threads, opt_.world, *objective_->student());
+  eo.channels_last = channels_last;
   eo.seed = tc.seed, eo.device = device_, eo.precision = tc.precision, eo.faults = faults_of(recipe_.debug, opt_.rank);
   engine_ = std::make_unique<TrainEngine>(parts, eo);
 

@@ -101,6 +101,7 @@ class Trainer {
   const Recipe& recipe() const { return recipe_; }
   torch::Device device() const { return device_; }
   int64_t lanes() const;  // train.lanes as resolved for this run
+  bool channels_last() const;  // train.channels_last as resolved for this run
   CheckpointCoordinator* checkpoints() { return checkpoints_.get(); }  // after run() has started
   // The parts of the training state, in checkpoint order: model, emas, optimizer, data, loss_scaler.
   const TrainState& state() const { return state_; }

@@ -24,6 +24,7 @@
 #include "distributed/synthetic.h"
 #include "distributed/timeline.h"
 #include "distributed/world.h"
+#include "core/network.h"  // to_channels_last
 #include "support/batch.h"
 #include "support/files.h"
 #include "support/mpi_launch.h"
@@ -56,8 +57,19 @@ torch::nn::Sequential make_mlp(int64_t hidden, torch::Dtype dtype) {
   return net;
 }
 
+// A small convolution network on [B, 2, 6, 6] inputs (the channels_last scenario).
+torch::nn::Sequential make_convnet(torch::Dtype dtype) {
+  torch::nn::Sequential net(torch::nn::Conv2d(torch::nn::Conv2dOptions(2, 4, 3).padding(1)), torch::nn::Tanh(),
+                            torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 4, 3).padding(1)), torch::nn::Tanh(),
+                            torch::nn::Flatten(), torch::nn::Linear(144, 4));
+  net->to(dtype);
+  return net;
+}
+
 struct TrainSpec {
   std::string opt = "sgd";
+  bool conv = false;           // the convolution network instead of the MLP
+  bool channels_last = false;  // its weights and inputs in channels-last layout (train.channels_last)
   int64_t accum = 1;
   torch::Dtype dtype = torch::kDouble;
   int64_t steps = 6;
@@ -81,7 +93,8 @@ struct TrainOut {
 TrainOut train(const std::shared_ptr<Communicator>& comm, const TrainSpec& spec) {
   const int W = comm->size(), r = comm->rank();
   torch::manual_seed(100 + 7919 * r);
-  auto net = make_mlp(spec.hidden, spec.dtype);
+  auto net = spec.conv ? make_convnet(spec.dtype) : make_mlp(spec.hidden, spec.dtype);
+  if (spec.channels_last) expect(to_channels_last(*net) == 2, "two convolution weights in channels-last layout");
   ReducerOptions ro;
   ro.bucket_mb = 0.002;  // ~2 KB: several buckets even for this small model
   auto reducer = GradReducer::for_module(comm, *net, ro);
@@ -99,7 +112,9 @@ TrainOut train(const std::shared_ptr<Communicator>& comm, const TrainSpec& spec)
     set_step(step);
     if (spec.before_step) spec.before_step(step);
     torch::manual_seed(1000 + step);
-    auto x = torch::randn({spec.global_batch, 8}, spec.dtype), y = torch::randn({spec.global_batch, 4}, spec.dtype);
+    auto x = spec.conv ? torch::randn({spec.global_batch, 2, 6, 6}, spec.dtype) : torch::randn({spec.global_batch, 8}, spec.dtype);
+    auto y = torch::randn({spec.global_batch, 4}, spec.dtype);
+    if (spec.channels_last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
     reducer->prepare();
     for (int64_t m = 0; m < spec.accum; ++m) {
       const int64_t row = r * per + m * micro;
@@ -120,6 +135,9 @@ TrainOut train(const std::shared_ptr<Communicator>& comm, const TrainSpec& spec)
       auto s = tl.scope("reducer.finish");
       reducer->finish();
     }
+    // Every gradient is still the parameter's slice of its bucket, in the parameter's own layout.
+    for (auto& p : net->parameters())
+      expect(p.grad().strides() == p.strides(), fmt::format("a gradient in the layout of its parameter ({} dims)", p.dim()));
     out.overlapped += reducer->launched_during_backward();
     {
       auto s = tl.scope("optimizer");
@@ -188,6 +206,14 @@ void scenario_train(const std::shared_ptr<Communicator>& comm, const std::string
       expect(out.overlapped > 0, "buckets were launched during backward");
       torch::save(out.params, fmt::format("{}/train-{}-acc{}-np{}-rank{}.pt", dir, opt, accum, W, r));
     }
+  // A convolution network, plain and in channels-last layout (its gradient slices then have its strides).
+  for (bool cl : {false, true}) {
+    TrainSpec spec;
+    spec.conv = true;
+    spec.channels_last = cl;
+    auto out = train(comm, spec);
+    torch::save(out.params, fmt::format("{}/train-conv-cl{}-np{}-rank{}.pt", dir, cl ? 1 : 0, W, r));
+  }
   // float32 with an EMA, checked across ranks every 2 steps, with a timeline.
   Timeline tl(fmt::format("{}/trace-np{}-rank{}.json", dir, W, r), r);
   comm->set_timeline(&tl);
@@ -364,7 +390,9 @@ TEST_F(DistMpi, CollectivesClosedForm) {
 }
 
 // W-rank training with the global batch split across ranks equals 1-rank training on the same global batch,
-// for SGD with momentum and Adam, with and without 2 micro-batches of accumulation (float64, tight tolerance).
+// for SGD with momentum and Adam, with and without 2 micro-batches of accumulation (float64, tight tolerance);
+// a convolution network in channels-last layout (weights, inputs and so the gradient slices of the buckets)
+// trains as the plain one on one rank.
 TEST_F(DistMpi, TrainingMatchesSingleRank) {
   for (int np : {1, 2, 3}) {
     auto r = run(np, "train", 90);
@@ -385,6 +413,16 @@ TEST_F(DistMpi, TrainingMatchesSingleRank) {
         }
       }
   }
+  const auto conv = load_tensors(fmt::format("{}/train-conv-cl0-np1-rank0.pt", dir_));
+  ASSERT_EQ(conv.size(), 6u);
+  for (int np : {1, 2, 3})
+    for (int cl : {0, 1})
+      for (int rank = 0; rank < np; ++rank) {
+        const auto got = load_tensors(fmt::format("{}/train-conv-cl{}-np{}-rank{}.pt", dir_, cl, np, rank));
+        ASSERT_EQ(got.size(), conv.size());
+        for (size_t i = 0; i < conv.size(); ++i)
+          EXPECT_LT((got[i] - conv[i]).abs().max().item<double>(), 1e-10) << "conv channels_last " << cl << " np " << np << " rank " << rank << " param " << i;
+      }
 }
 
 // Parameters and the EMA copy are bit-identical on every rank after K steps: the hashes gathered from every

@@ -3,7 +3,9 @@
 // summed in part order, as sequential micro-batches accumulate them; the random draws are per row), repeats
 // itself bitwise and resumes bitwise; lanes combine with micro-batches; the ADM UNet (convolutions, group
 // norm, attention inside the lanes' parallel region) agrees the same way; explicit values that cannot work
-// are errors that say why, and auto picks lanes only where they work.
+// are errors that say why, and auto picks lanes only where they work. train.channels_last (the convolution
+// weights and batches in NHWC layout) trains the ADM as the NCHW layout does, and files written from it hold
+// the plain NCHW tensors.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -16,6 +18,7 @@
 #include <stdexcept>
 #include <thread>
 #include "core/config.h"
+#include "core/io/safetensors.h"
 #include "core/rng.h"
 #include "core/util/lanes.h"
 #include "recipes/recipe.h"
@@ -199,4 +202,37 @@ TEST(LanesAdm, ConvolutionsNormsAndAttentionInLanesMatchOneLane) {
   EXPECT_GT(moved, 1e-3);
   EXPECT_LT(d, 1e-3 * moved);
   EXPECT_EQ(max_diff(b, c), 0.0) << "bitwise repeatable";
+}
+
+TEST(ChannelsLast, AdmTrainsAsInNchwLayoutAloneAndInLanes) {
+  int64_t lanes = 0;
+  const auto nchw = adm_after_steps({"train.lanes=1", "train.channels_last=off"}, &lanes);
+  const auto nhwc = adm_after_steps({"train.lanes=1", "train.channels_last=on"}, &lanes);
+  const auto nhwc_lanes = adm_after_steps({"train.lanes=2", "train.channels_last=on"}, &lanes);
+  EXPECT_EQ(lanes, 2);
+  const auto start = adm_after_steps({"train.lanes=1", "train.lr=1e-30"}, &lanes);
+  const double moved = max_diff(nchw, start);
+  std::printf("weights moved by up to %.3g; NCHW vs NHWC %.3g, vs NHWC in 2 lanes %.3g\n", moved, max_diff(nchw, nhwc),
+              max_diff(nchw, nhwc_lanes));
+  EXPECT_GT(moved, 1e-3);
+  EXPECT_LT(max_diff(nchw, nhwc), 1e-3 * moved);
+  EXPECT_LT(max_diff(nchw, nhwc_lanes), 1e-3 * moved);
+  int64_t convs = 0;
+  for (size_t i = 0; i < nhwc.size(); ++i) {
+    if (nhwc[i].dim() != 4) continue;
+    ++convs;
+    EXPECT_TRUE(nhwc[i].is_contiguous(torch::MemoryFormat::ChannelsLast)) << "parameter " << i;
+    if (nchw[i].size(2) > 1) EXPECT_FALSE(nchw[i].is_contiguous(torch::MemoryFormat::ChannelsLast)) << "auto on the CPU is NCHW";
+  }
+  EXPECT_GT(convs, 10);
+
+  // A channels-last tensor written to safetensors reads back as the same NCHW values.
+  const std::string dir = test::make_temp_dir("cm-channels-last");
+  auto w = torch::arange(2 * 3 * 4 * 5, torch::kFloat).reshape({2, 3, 4, 5});
+  save_safetensors(dir + "/w.safetensors", {{"w", w.contiguous(torch::MemoryFormat::ChannelsLast)}});
+  const auto back = load_safetensors(dir + "/w.safetensors");
+  ASSERT_EQ(back.tensors.size(), 1u);
+  ASSERT_NE(back.find("w"), nullptr);
+  EXPECT_TRUE(torch::equal(*back.find("w"), w));
+  fs::remove_all(dir);
 }
