@@ -15,7 +15,9 @@
 namespace cm::compat {
 
 // softmax(q k^T / sqrt(d)) v over the last two dims of [B, heads, L, d] tensors. LibTorch 2.x has a fused
-// kernel (flash / memory-efficient on CUDA); 1.13 does not, so we spell it out there.
+// kernel (flash / memory-efficient on CUDA, flash on the CPU); 1.13 does not, so we spell it out there (and
+// on its CPU float32 path core/nets/attention_cpu.h takes over).
+inline constexpr bool kFusedAttention = CM_TORCH_AT_LEAST(2, 0);
 inline torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k,
                                                   const torch::Tensor& v) {
 #if CM_TORCH_AT_LEAST(2, 0)

@@ -139,7 +139,7 @@ int category_of(std::string_view n) {
   if (has("norm") || has("Norm") || has("silu") || has("Silu") || has("gelu") || has("Gelu") || has("relu") || has("Relu") ||
       has("sigmoid") || has("Sigmoid"))
     return kNormAct;
-  if (has("bmm") || has("Bmm") || has("softmax") || has("Softmax") || has("einsum") || has("attention") ||
+  if (has("bmm") || has("Bmm") || has("softmax") || has("Softmax") || has("einsum") || has("ttention") ||
       has("matmul"))  // the networks' only matmul outside linear layers is attention's (class labels aside)
     return kAttention;
   if (has("linear") || has("addmm") || has("Addmm") || has("aten::mm") || has("MmBackward")) return kLinear;

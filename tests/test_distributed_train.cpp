@@ -118,3 +118,15 @@ TEST_F(Distributed, IndivisibleBatchIsAClearError) {
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("train.batch = 65 (global) does not divide over 2 ranks"), std::string::npos) << out;
 }
+
+// train.lanes under mpirun: each rank trains its rows in 2 lanes (gradients then reach the buckets after the
+// lanes, and finish() reduces them all), also with 2 micro-batches; the result equals one rank without lanes.
+TEST_F(Distributed, LanesOnEveryRankMatchOneRank) {
+  const std::string one = dir_ + "/one", lanes = dir_ + "/lanes";
+  train("", "toy_ct", one, "train.lanes=1");
+  auto out = train(mpirun_prefix(2), "toy_ct", lanes, "train.threads=2 train.lanes=2 train.micro_batches=2");
+  EXPECT_NE(out.find("2 thread(s), 2 lanes"), std::string::npos) << out;
+  EXPECT_NE(out.find("identical on all 2 ranks"), std::string::npos) << out;
+  EXPECT_LT(test::max_tensor_diff(one + "/model.safetensors", lanes + "/model.safetensors"), 2e-5);
+  EXPECT_LT(test::max_tensor_diff(one + "/ema_0.995.safetensors", lanes + "/ema_0.995.safetensors"), 2e-5);
+}

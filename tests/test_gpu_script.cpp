@@ -29,6 +29,7 @@
 #include "distributed/communicator.h"
 #include "distributed/guard.h"
 #include "distributed/reducer.h"
+#include "support/adm_steps.h"
 #include "support/errors.h"
 #include "distributed/synthetic.h"
 #include "distributed/world.h"
@@ -207,6 +208,28 @@ TEST(CudaNets, ReferenceFixturesMatchWithTf32Off) {
   std::printf("[gpu] fixture max |diff| on CUDA, TF32 off: ADM %.3g, NCSN++ %.3g\n", adm, ncsnpp);
   EXPECT_LT(adm, 1e-3);
   EXPECT_LT(ncsnpp, 1e-3);
+}
+
+// train.channels_last on CUDA (auto: on there): a small ADM trains in NHWC layout as in NCHW (fp32, TF32 off;
+// cuDNN may pick other algorithms per layout, so to 1 % of how far the weights moved), its convolution
+// weights are NHWC, and bf16 steps run in both layouts.
+TEST(CudaChannelsLast, AdmTrainsAsInNchwLayout) {
+  if (!have_cuda()) GTEST_SKIP() << "no GPU";
+  const auto nchw = test::adm_after_steps({"train.device=cuda", "train.precision=fp32", "train.channels_last=off"});
+  const auto nhwc = test::adm_after_steps({"train.device=cuda", "train.precision=fp32"});
+  const auto start = test::adm_after_steps({"train.device=cuda", "train.precision=fp32", "train.lr=1e-30"});
+  EXPECT_FALSE(nchw.channels_last);
+  EXPECT_TRUE(nhwc.channels_last) << "auto is on for CUDA";
+  const double moved = test::max_diff(nchw.params, start.params), d = test::max_diff(nchw.params, nhwc.params);
+  std::printf("[gpu] channels_last: weights moved by up to %.3g, NCHW vs NHWC %.3g\n", moved, d);
+  EXPECT_GT(moved, 1e-3);
+  EXPECT_LT(d, 1e-2 * moved);
+  for (const auto& p : nhwc.params)
+    if (p.dim() == 4) EXPECT_TRUE(p.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  for (const char* layout : {"train.channels_last=off", "train.channels_last=on"}) {
+    const auto bf16 = test::adm_after_steps({"train.device=cuda", "train.precision=bf16", layout});
+    for (const auto& p : bf16.params) EXPECT_TRUE(torch::isfinite(p).all().item<bool>()) << layout;
+  }
 }
 
 // NCCL in a world of one (MPI singleton): the collectives, the argument errors, and the bucketed reducer

@@ -23,6 +23,7 @@
 #include "core/util/lanes.h"
 #include "recipes/recipe.h"
 #include "recipes/trainer.h"
+#include "support/adm_steps.h"
 #include "support/cm_run.h"
 #include "support/files.h"
 #include "support/paths.h"
@@ -47,46 +48,12 @@ class Lanes : public ::testing::Test {
   std::string dir_;
 };
 
-// Fixed random images, the same batches for every trainer built on it.
-class FixedImages : public DataSource {
- public:
-  FixedImages(int64_t local, int64_t resolution) : local_(local), res_(resolution) {}
-  Batch next() override {
-    auto gen = cpu_generator(derive_seed(99, static_cast<uint64_t>(step_++)));
-    return Batch{torch::rand({local_, 3, res_, res_}, gen, torch::kFloat) * 2 - 1, torch::Tensor()};
-  }
-  DataCursor cursor() const override { return DataCursor{}; }
-  void restore(const DataCursor&) override {}
-  ModelShape shape() const override { return ModelShape{3, res_, 0}; }
-  std::string describe() const override { return "fixed random images"; }
-
- private:
-  int64_t local_, res_, step_ = 0;
-};
-
-// A small ADM UNet trained for a few CT steps (Adam: RAdam's first steps barely move) on fixed images; returns the student's parameters.
 std::vector<torch::Tensor> adm_after_steps(const std::vector<std::string>& extra, int64_t* lanes) {
-  std::vector<std::string> ov = {"model=adm_small", "model.model_channels=32", "model.num_head_channels=16", "model.class_cond=false",
-                                 "model.attention_resolutions=[8]", "train.batch=8", "train.threads=2", "train.lr=4e-4",
-                                 "train.ema_rates=[0.9999]", "method.metric=l2", "train.optimizer=adam"};
-  ov.insert(ov.end(), extra.begin(), extra.end());
-  TrainerOptions o;
-  o.quiet = true;
-  o.make_data = [](const Recipe& r, int64_t, int64_t w, torch::Device) { return std::make_unique<FixedImages>(r.train.batch / w, 16); };
-  Trainer t(Recipe::load("cifar10_ct", ov), o);
-  *lanes = t.lanes();
-  t.benchmark(0, 3);
-  std::vector<torch::Tensor> p;
-  for (auto& q : t.objective().student()->parameters()) p.push_back(q.detach().clone());
-  return p;
+  auto r = test::adm_after_steps(extra);
+  *lanes = r.lanes;
+  return r.params;
 }
-
-double max_diff(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double m = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, (a[i] - b[i]).abs().max().item<double>());
-  return m;
-}
+using test::max_diff;
 
 }  // namespace
 

@@ -7,9 +7,13 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <tuple>
+#include "core/compat.h"
 #include "core/config.h"
 #include "core/ema.h"
+#include "core/nets/attention_cpu.h"
 #include "core/nets/layers.h"
+#include "core/rng.h"
 #include "core/network.h"
 #include "core/io/safetensors.h"
 #include "core/io/torch_import.h"
@@ -411,4 +415,29 @@ TEST(Networks, EmaRestoreReadsTheFixedAndTheOldLayout) {
     ASSERT_EQ(w.size(), ema.size());
     for (size_t i = 0; i < ema.size(); ++i) ASSERT_TRUE(torch::equal(w[i], ema[i])) << "parameter " << i;
   }
+}
+
+// The CPU attention of LibTorch 1.13 (core/nets/attention_cpu.h: a few heads at a time, scores recomputed in
+// backward) equals the spelled-out softmax(q^T k / sqrt(d)) v and its gradients, in float64, for blocks of one
+// head (L = 256), several with a remainder (L = 64: 32 heads per block, 45 heads) and all at once (L = 4).
+TEST(HeadAttention, EqualsTheSpelledOutFormAndItsGradients) {
+  for (auto [g, d, l] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{3, 32, 256}, {45, 16, 64}, {5, 8, 4}}) {
+    SCOPED_TRACE(fmt::format("G {} d {} L {}", g, d, l));
+    auto gen = cm::cpu_generator(static_cast<uint64_t>(g * 1000 + l));
+    auto opts = torch::TensorOptions().dtype(torch::kDouble);
+    auto q = torch::randn({g, d, l}, gen, opts).requires_grad_(true), k = torch::randn({g, d, l}, gen, opts).requires_grad_(true);
+    auto v = torch::randn({g, d, l}, gen, opts).requires_grad_(true);
+    auto up = torch::randn({g, d, l}, gen, opts);
+    ASSERT_TRUE(cm::head_attention_applies(q) || cm::compat::kFusedAttention);
+    auto out = cm::head_attention(q, k, v);
+    auto grads = torch::autograd::grad({out}, {q, k, v}, {up});
+    auto w = torch::softmax(torch::matmul(q.transpose(1, 2), k) / std::sqrt(static_cast<double>(d)), -1);
+    auto ref = torch::matmul(v, w.transpose(1, 2));
+    auto ref_grads = torch::autograd::grad({ref}, {q, k, v}, {up});
+    EXPECT_LT((out - ref).abs().max().item<double>(), 1e-12);
+    for (int i = 0; i < 3; ++i) EXPECT_LT((grads[i] - ref_grads[i]).abs().max().item<double>(), 1e-11) << "gradient " << i;
+  }
+  // Where it does not apply: empty batches (the FLOP counter's), autocast, other dtypes.
+  EXPECT_FALSE(cm::head_attention_applies(torch::zeros({0, 4, 16})));
+  EXPECT_FALSE(cm::head_attention_applies(torch::zeros({2, 4, 16}, torch::kBFloat16)));
 }

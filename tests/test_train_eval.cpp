@@ -118,7 +118,9 @@ TEST(TrainEval, FidDuringTrainingMatchesSampleAndEval) {
   double min_fid = 1e300;
   for (size_t i = 0; i < res1.size(); ++i) {
     EXPECT_EQ(res1[i].at("index", "ts").integer, res2[i].at("index", "ts").integer);
-    EXPECT_NEAR(num(res1[i], "fid"), num(res2[i], "fid"), 1e-6 * num(res1[i], "fid"));
+    // 1e-5 as above: one process runs the network on 2 threads, each of 2 ranks on 1, so the samples agree to
+    // float rounding and a uint8 boundary flip moves the FID of 20 samples by ~2e-6 relative (seen).
+    EXPECT_NEAR(num(res1[i], "fid"), num(res2[i], "fid"), 1e-5 * num(res1[i], "fid"));
     min_fid = std::min(min_fid, num(res1[i], "fid"));
   }
   const Json& best = ts1.at("best", "ts1");

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <stdexcept>
 #include "core/compat.h"
+#include "core/nets/attention_cpu.h"
 
 namespace F = torch::nn::functional;
 
@@ -129,6 +130,11 @@ torch::Tensor EdmConv2dImpl::forward(const torch::Tensor& input) {
 
 // [B, heads, head_dim, L] q, k, v -> attention -> [B, heads * head_dim, L].
 static torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  if (head_attention_applies(q)) {  // LibTorch 1.13 on the CPU: a few heads at a time (attention_cpu.h)
+    const int64_t b = q.size(0), heads = q.size(1), d = q.size(2), l = q.size(3);
+    return head_attention(q.reshape({b * heads, d, l}), k.reshape({b * heads, d, l}), v.reshape({b * heads, d, l}))
+        .reshape({b, heads * d, l});
+  }
   // The attention kernels want [B, heads, L, head_dim].
   auto o = compat::scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2));
   return o.transpose(-1, -2).reshape({q.size(0), q.size(1) * q.size(2), q.size(3)});

@@ -3,6 +3,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
+#include <atomic>
 #include <dlfcn.h>
 #include <exception>
 #include <vector>
@@ -14,9 +15,7 @@ namespace cm {
 
 namespace {
 
-// OpenBLAS keeps a thread pool of its own (the pthread build Debian's LibTorch uses): 1 thread while lanes
-// run, so concurrent lanes' matrix products do not each wake that pool; 0 restores the count found first.
-// Found at run time, so another BLAS is simply left alone.
+// OpenBLAS's thread count: 1, or back to the count found first (0).
 void set_blas_threads(int n) {
   using Set = void (*)(int);
   using Get = int (*)();
@@ -26,13 +25,7 @@ void set_blas_threads(int n) {
   if (set && (n > 0 || initial > 0)) set(n > 0 ? n : initial);
 }
 
-class BlasThreadsOne {
- public:
-  BlasThreadsOne() { set_blas_threads(1); }
-  ~BlasThreadsOne() { set_blas_threads(0); }
-  BlasThreadsOne(const BlasThreadsOne&) = delete;
-  BlasThreadsOne& operator=(const BlasThreadsOne&) = delete;
-};
+std::atomic<int> g_blas_guards{0};
 
 }  // namespace
 
@@ -81,7 +74,7 @@ void run_lanes(int64_t n, int threads, const std::function<void(int64_t)>& f) {
   };
   const int team = static_cast<int>(std::min<int64_t>(n, std::max(1, threads)));
   if (team > 1 && lanes_run_concurrently()) {
-    BlasThreadsOne blas;
+    SingleThreadedBlas blas;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(team) schedule(static, 1)
     for (int64_t l = 0; l < n; ++l) lane(l);
@@ -91,6 +84,14 @@ void run_lanes(int64_t n, int threads, const std::function<void(int64_t)>& f) {
   }
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
+}
+
+SingleThreadedBlas::SingleThreadedBlas() {
+  if (g_blas_guards++ == 0) set_blas_threads(1);
+}
+
+SingleThreadedBlas::~SingleThreadedBlas() {
+  if (--g_blas_guards == 0) set_blas_threads(0);
 }
 
 }  // namespace cm

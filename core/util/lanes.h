@@ -27,4 +27,17 @@ bool lanes_run_concurrently();
 // Without concurrency (see above) the lanes run one after another on the calling thread.
 void run_lanes(int64_t n, int threads, const std::function<void(int64_t)>& f);
 
+// OpenBLAS's own thread pool (the pthread build Debian's LibTorch uses) at one thread for the guard's
+// lifetime; nested guards keep it so until the outermost ends, which restores the count found at start-up.
+// Its results for a matrix product can depend on its thread count, so work that must not (the same numbers
+// on any number of threads) and concurrent lanes run under it. For a thread outside any parallel region;
+// another BLAS is left alone (found at run time).
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas();
+  ~SingleThreadedBlas();
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+};
+
 }  // namespace cm

@@ -449,18 +449,19 @@ step_nccl() {
 # One `cm bench step` run; appends its JSON line to bench.jsonl.
 bench_one() {
   local recipe=$1 precision=$2; shift 2
-  local json="$WORK/bench-$recipe-$precision.json" t0=$(date +%s)
+  local tag=${BENCH_TAG:-}  # a variant's suffix for its files (e.g. -nchw)
+  local json="$WORK/bench-$recipe-$precision$tag.json" t0=$(date +%s)
   local left; left=$(remaining)
   if (( left < 25 )); then note "SKIP $recipe $precision: out of time"; return 3; fi
   local limit=$(( left - 5 < 150 ? left - 5 : 150 ))
   timeout -k 5 "$limit" "$(cm_bin)" bench step "$recipe" "train.precision=$precision" "$@" --synthetic \
-    --steps "${CM_GPU_BENCH_STEPS:-5}" --warmup "${CM_GPU_BENCH_WARMUP:-2}" --json "$json" >"$LOGS/bench-$recipe-$precision.log" 2>&1
+    --steps "${CM_GPU_BENCH_STEPS:-5}" --warmup "${CM_GPU_BENCH_WARMUP:-2}" --json "$json" >"$LOGS/bench-$recipe-$precision$tag.log" 2>&1
   local rc=$?
   if [[ $rc != 0 || ! -s "$json" ]]; then
-    note "FAIL $recipe $precision (rc $rc): $(tail -2 "$LOGS/bench-$recipe-$precision.log" | tr '\n' ' ')"; return 1
+    note "FAIL $recipe$tag $precision (rc $rc): $(tail -2 "$LOGS/bench-$recipe-$precision$tag.log" | tr '\n' ' ')"; return 1
   fi
   cat "$json" >>"$OUTDIR/bench.jsonl"
-  note "PASS $recipe $precision ($(( $(date +%s) - t0 )) s): $("$PYTHON" -c '
+  note "PASS $recipe$tag $precision ($(( $(date +%s) - t0 )) s): $("$PYTHON" -c '
 import json,sys; j=json.load(open(sys.argv[1]))
 f = j["peak_fraction"]; m = j["peak_memory_gb"]
 print("%.1f images/s, %.1f TFLOP/s, %s of the dense peak, %s peak memory, step %.4f s" % (j["images_per_s_rank"], j["tflops_rank"],
@@ -497,7 +498,7 @@ step_bench() {
   local jobs=(
     "cm cifar10_ct bf16" "cm imagenet64_ct fp16" "ref fp16" "cm imagenet64_cd_lpips bf16" "cm cifar10_ct fp16"
     "cm cifar10_ct tf32" "cm cifar10_ct fp32" "cm imagenet64_cd_lpips fp16" "cm imagenet64_ct fp32" "ref fp32"
-    "cm imagenet64_cd_lpips tf32" "cm imagenet64_cd_lpips fp32"
+    "cm imagenet64_cd_lpips tf32" "cm imagenet64_cd_lpips fp32" "cm cifar10_ct_nchw bf16"
   )
   [[ -n "${CM_GPU_BENCH_JOBS:-}" ]] && IFS=, read -r -a jobs <<<"$CM_GPU_BENCH_JOBS"   # e.g. "cm cifar10_ct bf16,ref fp16"
   for job in "${jobs[@]}"; do
@@ -509,6 +510,8 @@ step_bench() {
       reference_one "$a" "$bi" || rc=$?
     elif [[ $a == cifar10_ct ]]; then
       bench_one cifar10_ct "$b" "train.batch=$bc" || rc=$?
+    elif [[ $a == cifar10_ct_nchw ]]; then  # the same without channels_last (auto: on for CUDA), for its effect
+      BENCH_TAG=-nchw bench_one cifar10_ct "$b" "train.batch=$bc" train.channels_last=off || rc=$?
     elif [[ $a == imagenet64_ct ]]; then
       bench_one imagenet64_ct "$b" "train.batch=$bi" 'method.init_from=""' || rc=$?
     else
