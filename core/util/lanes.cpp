@@ -31,6 +31,7 @@ std::atomic<int> g_blas_guards{0};
 
 bool lanes_run_concurrently() {
 #ifdef _OPENMP
+  if (omp_in_parallel()) return false;  // inside a lane: nested lanes run in turn (and the probe below needs the top level)
   static const bool ok = [] {
     int team = 0;
     bool aten_sees_region = false;

@@ -19,7 +19,7 @@ namespace cm {
 
 // Whether run_lanes really runs lanes at once with single-threaded kernels: this build has OpenMP, and
 // LibTorch uses the same OpenMP runtime (a LibTorch bundling its own libgomp would run the lanes' kernels
-// multi-threaded again). Probed once.
+// multi-threaded again). Probed once, at the top level; false inside a lane (nested lanes run in turn).
 bool lanes_run_concurrently();
 
 // Runs f(0), ..., f(n - 1), at most `threads` at once (lane l on thread l % threads, in order), and returns
