@@ -46,23 +46,33 @@ Batch TrainEngine::next_batch() {
   return batch;
 }
 
+// The loss of rows [offset, offset + rows) of this rank's batch, as a 1/parts share of the step's mean (fp32,
+// the forwards under autocast), made infinite at an injected non-finite step (+debug.nonfinite_*).
+torch::Tensor TrainEngine::part_loss(const Batch& batch, int64_t k, int64_t offset, int64_t rows, int64_t parts) {
+  const int64_t local = batch.x.size(0);
+  Batch mb{batch.x.narrow(0, offset, rows), batch.labels.defined() ? batch.labels.narrow(0, offset, rows) : torch::Tensor()};
+  StepInfo info{k, o_.rank, o_.seed, o_.device, Slice{o_.rank * local + offset, rows, o_.global_batch}};
+  torch::Tensor loss;
+  {
+    AutocastScope autocast(o_.precision, o_.device);  // student, target, teacher and LPIPS forwards
+    loss = p_.objective->loss(mb, info).to(torch::kFloat) / static_cast<double>(parts);
+  }
+  if (k >= o_.faults.nonfinite_begin && k < o_.faults.nonfinite_end) loss = loss * std::numeric_limits<double>::infinity();
+  return loss;
+}
+
 // Loss and backward of every micro-batch; returns the sum of their (unscaled) losses, on the device: one
 // host synchronisation per step (the finite check), not one per micro-batch.
 torch::Tensor TrainEngine::forward_backward(const Batch& batch, int64_t k, double scale) {
   if (o_.lanes > 1) return forward_backward_lanes(batch, k, scale);
-  const int64_t local = batch.x.size(0), micro = local / o_.micro_batches;
-  const bool poisoned = k >= o_.faults.nonfinite_begin && k < o_.faults.nonfinite_end;
+  const int64_t micro = batch.x.size(0) / o_.micro_batches;
   torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(o_.device));
   for (int64_t m = 0; m < o_.micro_batches; ++m) {
-    Batch mb{batch.x.narrow(0, m * micro, micro), batch.labels.defined() ? batch.labels.narrow(0, m * micro, micro) : torch::Tensor()};
-    StepInfo info{k, o_.rank, o_.seed, o_.device, Slice{o_.rank * local + m * micro, micro, o_.global_batch}};
     torch::Tensor loss;
     {
       Phase ph(p_.tracer, "forward");
-      AutocastScope autocast(o_.precision, o_.device);  // student, target, teacher and LPIPS forwards
-      loss = p_.objective->loss(mb, info).to(torch::kFloat) / static_cast<double>(o_.micro_batches);
+      loss = part_loss(batch, k, m * micro, micro, o_.micro_batches);
     }
-    if (poisoned) loss = loss * std::numeric_limits<double>::infinity();  // +debug.nonfinite_*: a step that overflows
     const torch::Tensor scaled = scale != 1.0 ? loss * scale : loss;
     {
       Phase ph(p_.tracer, "backward");
@@ -84,12 +94,12 @@ torch::Tensor TrainEngine::forward_backward(const Batch& batch, int64_t k, doubl
 }
 
 // train.lanes > 1 (CPU): every micro-batch is cut into `lanes` equal parts whose forward and backward run at
-// the same time, one per thread, each with single-threaded kernels (core/util/lanes.h). The parts' gradients are summed in part order after
-// all have finished, the order in which sequential micro-batches accumulate them, and written into .grad
-// (for a reducer, its buckets: finish() then reduces every bucket, without overlap).
+// the same time, one per thread, each with single-threaded kernels (core/util/lanes.h). The parts' gradients
+// are summed in part order after all have finished, the order in which sequential micro-batches accumulate
+// them, and written into .grad (for a reducer, its buckets: finish() then reduces every bucket, without
+// overlap).
 torch::Tensor TrainEngine::forward_backward_lanes(const Batch& batch, int64_t k, double scale) {
-  const int64_t parts = o_.micro_batches * o_.lanes, local = batch.x.size(0), micro = local / parts;
-  const bool poisoned = k >= o_.faults.nonfinite_begin && k < o_.faults.nonfinite_end;
+  const int64_t parts = o_.micro_batches * o_.lanes, micro = batch.x.size(0) / parts;
   std::vector<torch::Tensor> params;
   for (auto& p : p_.objective->student()->parameters())
     if (p.requires_grad()) params.push_back(p);
@@ -100,16 +110,8 @@ torch::Tensor TrainEngine::forward_backward_lanes(const Batch& batch, int64_t k,
     Phase ph(p_.tracer, "forward+backward (lanes)");
     run_lanes(o_.lanes, o_.threads, [&](int64_t l) {
       RECORD_USER_SCOPE("cm::lane");
-      const int64_t part = m * o_.lanes + l, off = part * micro;
-      Batch mb{batch.x.narrow(0, off, micro), batch.labels.defined() ? batch.labels.narrow(0, off, micro) : torch::Tensor()};
-      StepInfo info{k, o_.rank, o_.seed, o_.device, Slice{o_.rank * local + off, micro, o_.global_batch}};
       torch::AutoGradMode grad_on(true);
-      torch::Tensor loss;
-      {
-        AutocastScope autocast(o_.precision, o_.device);
-        loss = p_.objective->loss(mb, info).to(torch::kFloat) / static_cast<double>(parts);
-      }
-      if (poisoned) loss = loss * std::numeric_limits<double>::infinity();
+      const torch::Tensor loss = part_loss(batch, k, (m * o_.lanes + l) * micro, micro, parts);
       const torch::Tensor scaled = scale != 1.0 ? loss * scale : loss;
       grads[static_cast<size_t>(l)] = torch::autograd::grad({scaled}, params, {}, false, false, /*allow_unused=*/true);
       losses[static_cast<size_t>(l)] = loss.detach().to(torch::kFloat64);

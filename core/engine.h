@@ -77,6 +77,7 @@ class TrainEngine {
 
  private:
   Batch next_batch();
+  torch::Tensor part_loss(const Batch& batch, int64_t k, int64_t offset, int64_t rows, int64_t parts);
   torch::Tensor forward_backward(const Batch& batch, int64_t k, double scale);
   torch::Tensor forward_backward_lanes(const Batch& batch, int64_t k, double scale);
   bool gradients_finite(const torch::Tensor& loss_sum, double* loss_value);
