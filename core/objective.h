@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 #include <torch/types.h>
 #include "core/data.h"
 #include "core/network.h"
@@ -37,11 +38,17 @@ class Objective {
   // mu(k): the target's EMA rate after optimizer step k.
   virtual double target_ema(int64_t step) const { return 0.0; }
 
-  // Moves every network the objective uses (student, target, teacher, LPIPS) to the device.
-  virtual void to(torch::Device d) { student_->to(d); }
-  // train.channels_last: the convolution weights of every network it uses in channels-last layout
-  // (core/network.h to_channels_last); before the optimizer, the EMAs and the gradient buckets are made.
-  virtual void to_channels_last() { cm::to_channels_last(*student_); }
+  // Every network the objective uses (student, and target, teacher, LPIPS where it has them).
+  virtual std::vector<torch::nn::Module*> networks() const { return {student_.get()}; }
+  // Moves them all to the device.
+  void to(torch::Device d) {
+    for (auto* m : networks()) m->to(d);
+  }
+  // train.channels_last: the convolution weights of all of them in channels-last layout (core/network.h
+  // to_channels_last); before the optimizer, the EMAs and the gradient buckets are made.
+  void to_channels_last() {
+    for (auto* m : networks()) cm::to_channels_last(*m);
+  }
 
   NetworkPtr student() const { return student_; }
   const Preconditioning& precond() const { return precond_; }

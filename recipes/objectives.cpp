@@ -189,17 +189,12 @@ class ConsistencyObjective : public Objective {
   NetworkPtr target() const override { return target_; }
   double target_ema(int64_t k) const override { return m_.curriculum.target_ema(k); }
 
-  void to(torch::Device d) override {
-    student_->to(d);
-    if (target_) target_->to(d);
-    if (teacher_net_) teacher_net_->to(d);
-    if (lpips_) lpips_->to(d);
-  }
-  void to_channels_last() override {
-    cm::to_channels_last(*student_);
-    if (target_) cm::to_channels_last(*target_);
-    if (teacher_net_) cm::to_channels_last(*teacher_net_);
-    if (lpips_) cm::to_channels_last(*lpips_);
+  std::vector<torch::nn::Module*> networks() const override {
+    std::vector<torch::nn::Module*> out{student_.get()};
+    if (target_) out.push_back(target_.get());
+    if (teacher_net_) out.push_back(teacher_net_.get());
+    if (lpips_) out.push_back(lpips_.ptr().get());
+    return out;
   }
 
  private:
