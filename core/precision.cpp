@@ -38,7 +38,7 @@ void configure_math(Precision p, const c10::Device& device) {
 }
 
 AutocastScope::AutocastScope(Precision p, const c10::Device& device) {
-  if (p != Precision::Bf16 && p != Precision::Fp16) return;
+  if (!is_mixed(p)) return;
   if (p == Precision::Fp16 && !device.is_cuda())
     throw std::runtime_error("train.precision = \"fp16\" needs a CUDA device: LibTorch's CPU autocast has no float16 (use bf16 on CPU)");
   const auto type = device.is_cuda() ? torch::kCUDA : torch::kCPU;

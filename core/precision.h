@@ -31,6 +31,8 @@ namespace cm {
 enum class Precision { Fp32, Tf32, Bf16, Fp16 };
 Precision parse_precision(const std::string& s);  // "fp32" | "tf32" | "bf16" | "fp16"
 const char* to_string(Precision p);
+// bf16 / fp16: the forwards run under autocast at 16 bits (fp32 master weights).
+inline bool is_mixed(Precision p) { return p == Precision::Bf16 || p == Precision::Fp16; }
 
 // Sets the process-wide math flags of `p` on `device`: TF32 on or off for CUDA matmuls and cuDNN, and
 // cuDNN's benchmark mode (autotuned convolution algorithms; the shapes of a training step never change).

@@ -166,8 +166,7 @@ WorkPlan plan_work(const Recipe& r, const WorldPlan& w, std::vector<std::string>
   for (auto& problem : batch_split_problems(r.train, w.world)) problems.push_back(problem);
   const int64_t micro = r.train.micro_batches;
   p.micro_size = std::max<int64_t>(1, p.per_rank / micro);
-  const bool half = r.train.precision == Precision::Bf16 || r.train.precision == Precision::Fp16;
-  p.stats = measure_model(r.config, half);  // activations at the widths autocast gives them in bf16 / fp16
+  p.stats = measure_model(r.config, is_mixed(r.train.precision));  // activations at the widths autocast gives them in bf16 / fp16
   const bool has_target = r.method.has_target_network();
   p.lpips = r.method.is_consistency() && r.method.metric == Metric::Lpips;
   p.copies = (has_target ? 1 : 0) + static_cast<int64_t>(r.train.ema_rates.size()) + (r.method.learned_teacher() ? 1 : 0);

@@ -160,7 +160,7 @@ class ConsistencyObjective : public Objective {
     // raised here, before any training step.
     if (m_.metric == Metric::Lpips) lpips_ = make_lpips(m_.lpips_weights);
     if (target_) copy_params(target_->parameters(), student_->parameters());
-    const bool mixed = r.train.precision == Precision::Bf16 || r.train.precision == Precision::Fp16;
+    const bool mixed = is_mixed(r.train.precision);
     target_fp32_ = mixed && (r.train.target_precision == TargetPrecision::Fp32 ||
                              (r.train.target_precision == TargetPrecision::Auto && !target_));
   }
